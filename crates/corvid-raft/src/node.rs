@@ -1,0 +1,254 @@
+//! One Corvid server's Raft node: the store, openraft, and the network, assembled.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corvid_core::{Command, Outcome, Tables};
+use corvid_store::typ::{
+    CheckIsLeaderError, Config, Fatal, ForwardToLeader, InitializeError, Raft, RaftError,
+};
+use corvid_store::{Closed, EffectSink, Store, StoreError, StoreMetrics, StoreReader};
+use openraft::{BasicNode, SnapshotPolicy};
+
+use crate::network::Network;
+use crate::proposer::Proposer;
+
+/// How long `open` waits for the node to find (or become) a leader.
+const LEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `shutdown` waits for openraft to release the store.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where and as whom a node runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Holds `corvid.redb` and `snapshots/`.
+    pub data_dir: PathBuf,
+    /// This server's id in the cluster; a single server is node 1.
+    pub node_id: u64,
+    /// The address other servers (and redirected clients) reach this one at.
+    pub advertise_addr: String,
+}
+
+/// Why the node could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Writes and linearizable reads go to the leader: this server is not it. `leader` is the
+    /// leader this server knows of, with its address.
+    #[error("not the leader (the leader is {leader:?})")]
+    NotLeader { leader: Option<(u64, String)> },
+    /// The cluster cannot serve right now: no leader yet, no quorum, or shutting down.
+    /// Retrying later (or elsewhere) may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// This server cannot go on: its storage failed or openraft stopped on an error.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// openraft refused the configuration (a bug in [`raft_config`]).
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+}
+
+impl From<Fatal> for NodeError {
+    fn from(fatal: Fatal) -> NodeError {
+        match fatal {
+            Fatal::Stopped => NodeError::Unavailable("the node is shutting down".into()),
+            other => NodeError::Fatal(other.to_string()),
+        }
+    }
+}
+
+impl From<ForwardToLeader> for NodeError {
+    fn from(forward: ForwardToLeader) -> NodeError {
+        NodeError::NotLeader {
+            leader: forward
+                .leader_id
+                .zip(forward.leader_node.map(|node| node.addr)),
+        }
+    }
+}
+
+impl NodeError {
+    /// The same error, for another of the writes that shared its log entry.
+    pub(crate) fn share(&self) -> NodeError {
+        match self {
+            NodeError::NotLeader { leader } => NodeError::NotLeader {
+                leader: leader.clone(),
+            },
+            NodeError::Unavailable(reason) => NodeError::Unavailable(reason.clone()),
+            other => NodeError::Fatal(other.to_string()),
+        }
+    }
+}
+
+impl From<RaftError<CheckIsLeaderError>> for NodeError {
+    fn from(e: RaftError<CheckIsLeaderError>) -> NodeError {
+        match e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => forward.into(),
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
+                NodeError::Unavailable(e.to_string())
+            }
+            RaftError::Fatal(fatal) => fatal.into(),
+        }
+    }
+}
+
+/// openraft's configuration for Corvid.
+pub fn raft_config() -> Result<Config, NodeError> {
+    let config = Config {
+        cluster_name: "corvid".into(),
+        // A leader is missed after 1-2 s of silence; heartbeats come five times as often.
+        heartbeat_interval: 200,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        // A snapshot every 50,000 entries bounds both the log on disk and the replay a
+        // lagging follower needs; 1,000 entries are kept after it for followers that are
+        // only a little behind.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
+        max_in_snapshot_log_to_keep: 1000,
+        purge_batch_size: 1024,
+        // An entry carries a batch of commands (see `proposer`): replicate fewer per message.
+        max_payload_entries: 64,
+        ..Config::default()
+    };
+    config
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))
+}
+
+/// A running Raft node over its store.
+pub struct Node {
+    id: u64,
+    raft: Raft,
+    proposer: Proposer,
+    reader: StoreReader,
+    /// Taken by the first `shutdown`.
+    closed: tokio::sync::Mutex<Option<Closed>>,
+}
+
+impl Node {
+    /// Opens the store in `config.data_dir` and starts Raft. On the very first start the
+    /// node makes itself a one-server cluster; afterwards it resumes its log. Returns once
+    /// a leader is known (for a single server: once it is the leader).
+    pub async fn open(config: NodeConfig, effects: EffectSink) -> Result<Node, NodeError> {
+        // Opening may repair the file after a crash, which reads all of it.
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(dir, effects))
+            .await
+            .map_err(|e| NodeError::Fatal(format!("opening the store failed: {e}")))??;
+        let Store {
+            log,
+            state_machine,
+            reader,
+            closed,
+        } = store;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config()?),
+            Network::new(),
+            log,
+            state_machine,
+        )
+        .await?;
+        let node = Node {
+            id: config.node_id,
+            proposer: Proposer::start(raft.clone()),
+            raft,
+            reader,
+            closed: tokio::sync::Mutex::new(Some(closed)),
+        };
+        if let Err(e) = node.start(&config).await {
+            // Release the store: the caller may want to open the directory again.
+            if let Err(shutdown) = node.shutdown().await {
+                tracing::warn!(error = %shutdown, "shutting down a node that failed to start");
+            }
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    async fn start(&self, config: &NodeConfig) -> Result<(), NodeError> {
+        if !self.raft.is_initialized().await? {
+            let members = BTreeMap::from([(
+                config.node_id,
+                BasicNode::new(config.advertise_addr.clone()),
+            )]);
+            match self.raft.initialize(members).await {
+                Ok(()) => tracing::info!(node = config.node_id, "initialized a one-server cluster"),
+                // Another start got there first: the cluster exists, which is the goal.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(RaftError::APIError(e)) => return Err(NodeError::Fatal(e.to_string())),
+                Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
+            }
+        } else if self.is_sole_voter() && self.raft.current_leader().await != Some(self.id) {
+            // openraft resumes leadership at once when its saved vote is its own committed
+            // one. Otherwise (it crashed mid-election), alone there is nobody to wait for:
+            // stand for election now rather than after an election timeout.
+            self.raft.trigger().elect().await?;
+        }
+        self.raft
+            .wait(Some(LEADER_DEADLINE))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("no leader: {e}")))?;
+        Ok(())
+    }
+
+    fn is_sole_voter(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        voters == [self.id]
+    }
+
+    /// Proposes a command; returns once it is committed (durable on a quorum) and applied.
+    /// Concurrent writes share a log entry, and so an fsync (see `proposer`).
+    pub async fn write(&self, command: Command) -> Result<Outcome, NodeError> {
+        self.proposer.propose(command).await
+    }
+
+    /// A linearizable read: confirms leadership with a quorum, waits until everything
+    /// committed before the call is applied, then runs `f` on a read transaction.
+    pub async fn read<R>(&self, f: impl FnOnce(&dyn Tables) -> R) -> Result<R, NodeError> {
+        self.raft.ensure_linearizable().await?;
+        Ok(self.reader.read(f)?)
+    }
+
+    /// A read of this server's own state, without asking the cluster: it may be stale on a
+    /// follower. For checks that a later write re-validates.
+    pub fn read_local<R>(&self, f: impl FnOnce(&dyn Tables) -> R) -> Result<R, NodeError> {
+        Ok(self.reader.read(f)?)
+    }
+
+    /// Stops Raft and waits until the store is closed, so that the data directory can be
+    /// opened again. Later calls do nothing.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        let Some(closed) = self.closed.lock().await.take() else {
+            return Ok(());
+        };
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Fatal(format!("the raft task failed: {e}")))?;
+        tokio::time::timeout(CLOSE_DEADLINE, closed.wait())
+            .await
+            .map_err(|_| NodeError::Fatal("the store is still open after shutdown".into()))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The openraft handle, for metrics and cluster administration.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The store's counters: log commits (fsyncs), appends, applied batches.
+    pub fn store_metrics(&self) -> StoreMetrics {
+        self.reader.metrics()
+    }
+}

@@ -1,0 +1,234 @@
+//! A single-server node, in process: writes, linearizable reads, restarts, concurrency.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use corvid_core::{query, AccountId, Command, Effect, MessageId, Outcome, SessionPolicy, Token};
+use corvid_raft::{Node, NodeConfig, NodeError};
+use corvid_store::{no_effects, EffectSink};
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+fn config(dir: &Path) -> NodeConfig {
+    NodeConfig {
+        data_dir: dir.to_path_buf(),
+        node_id: 1,
+        advertise_addr: "127.0.0.1:7000".into(),
+    }
+}
+
+fn create(name: &str) -> Command {
+    Command::CreateAccount {
+        username: name.into(),
+        display_name: name.into(),
+        password_hash: HASH.into(),
+        now: 1_000,
+    }
+}
+
+fn login(account: AccountId, token: Token) -> Command {
+    Command::Login {
+        account,
+        session: token.session_key(),
+        policy: SessionPolicy::default(),
+        now: 1_000,
+    }
+}
+
+fn send(token: Token, to: &str, text: &str) -> Command {
+    Command::Send {
+        session: token.session_key(),
+        to: to.into(),
+        text: text.into(),
+        client_id: 0,
+        now: 2_000,
+    }
+}
+
+fn sent_id(outcome: Outcome) -> MessageId {
+    match outcome {
+        Outcome::Sent {
+            message,
+            duplicate: false,
+        } => message.id,
+        other => panic!("not sent: {other:?}"),
+    }
+}
+
+/// Creates alice and bob and logs alice in; returns bob's id.
+async fn alice_and_bob(node: &Node, alice: Token) -> AccountId {
+    let Outcome::AccountCreated { account: a, .. } = node.write(create("alice")).await.unwrap()
+    else {
+        panic!("alice not created")
+    };
+    let Outcome::AccountCreated { account: b, .. } = node.write(create("bob")).await.unwrap()
+    else {
+        panic!("bob not created")
+    };
+    assert!(matches!(
+        node.write(login(a, alice)).await.unwrap(),
+        Outcome::LoggedIn { .. }
+    ));
+    b
+}
+
+async fn unread_texts(node: &Node, account: AccountId) -> Vec<String> {
+    node.read(|t| query::fetch_unread(t, account, 1000))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_and_reads_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Token([1; 16]);
+    let pushed = Arc::new(Mutex::new(Vec::new()));
+    let sink_pushed = pushed.clone();
+    let effects: EffectSink =
+        Arc::new(move |effects: &[Effect]| sink_pushed.lock().unwrap().extend_from_slice(effects));
+
+    let node = Node::open(config(dir.path()), effects).await.unwrap();
+    assert_eq!(node.raft().current_leader().await, Some(1));
+    let bob = alice_and_bob(&node, alice).await;
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        ids.push(sent_id(node.write(send(alice, "bob", text)).await.unwrap()));
+    }
+    assert_eq!(ids, [MessageId(1), MessageId(2), MessageId(3)]);
+    assert_eq!(unread_texts(&node, bob).await, ["one", "two", "three"]);
+    let pushed_ids: Vec<MessageId> = pushed
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Message { to, message } if *to == bob => Some(message.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushed_ids, ids);
+    let last_log = node.raft().metrics().borrow().last_log_index;
+    node.shutdown().await.unwrap();
+    // Shutting down twice is harmless, and the node refuses work once down.
+    node.shutdown().await.unwrap();
+    assert!(matches!(
+        node.write(send(alice, "bob", "late")).await,
+        Err(NodeError::Unavailable(_))
+    ));
+
+    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    let metrics = node.raft().metrics().borrow().clone();
+    assert_eq!(metrics.current_leader, Some(1));
+    assert!(metrics.last_log_index >= last_log, "the log is intact");
+    assert_eq!(unread_texts(&node, bob).await, ["one", "two", "three"]);
+    let (id, name) = node
+        .read(|t| query::authenticate(t, &alice.session_key(), 3_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id, name.as_str()), (AccountId(1), "alice"));
+    // New writes continue after the old ones.
+    let next = sent_id(node.write(send(alice, "bob", "four")).await.unwrap());
+    assert_eq!(next, MessageId(4));
+    assert_eq!(
+        unread_texts(&node, bob).await,
+        ["one", "two", "three", "four"]
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    let second = Node::open(config(dir.path()), no_effects()).await;
+    assert!(matches!(second, Err(NodeError::Store(_))));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_all_land_and_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Token([7; 16]);
+    let node = Arc::new(Node::open(config(dir.path()), no_effects()).await.unwrap());
+    let bob = alice_and_bob(&node, alice).await;
+
+    let writes = 500usize;
+    let before = node.store_metrics();
+    let mut tasks = Vec::new();
+    for i in 0..writes {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            node.write(send(alice, "bob", &format!("message {i}")))
+                .await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(sent_id(task.await.unwrap().unwrap()));
+    }
+    let after = node.store_metrics();
+
+    ids.sort();
+    let expected: Vec<MessageId> = (1..=writes as u64).map(MessageId).collect();
+    assert_eq!(ids, expected, "every message got its own id, none lost");
+    assert_eq!(unread_texts(&node, bob).await.len(), writes);
+    let commits = after.log_commits - before.log_commits;
+    eprintln!(
+        "{writes} writes: {commits} fsync'd log commits, {} appends, {} apply batches",
+        after.log_appends - before.log_appends,
+        after.apply_batches - before.apply_batches,
+    );
+    assert!(
+        (commits as usize) < writes,
+        "{writes} writes took {commits} log commits"
+    );
+    node.shutdown().await.unwrap();
+}
+
+/// A crash after an entry is committed (its fsync done) but before its application became
+/// durable leaves the entry in the log only. The next start re-applies it.
+#[tokio::test]
+async fn committed_entries_missing_from_the_state_are_reapplied_at_start() {
+    use corvid_store::typ::{Entry, EntryPayload, LogId, Membership, Vote};
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::CommittedLeaderId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Token([3; 16]);
+    let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+    let normal = |index, commands: Vec<Command>| Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(commands),
+    };
+    {
+        let store = corvid_store::Store::open(dir.path(), no_effects()).unwrap();
+        let mut log = store.log;
+        let members = std::collections::BTreeSet::from([1u64]);
+        let entries = vec![
+            // `initialize` writes the first membership at index 0.
+            Entry {
+                log_id: log_id(0),
+                payload: EntryPayload::Membership(Membership::new(vec![members], None)),
+            },
+            normal(1, vec![create("alice"), create("bob")]),
+            normal(2, vec![login(AccountId(1), alice)]),
+            normal(3, vec![send(alice, "bob", "from the log")]),
+        ];
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        log.blocking_append(entries).await.unwrap();
+        log.save_committed(Some(log_id(3))).await.unwrap();
+        log.sync().await.unwrap();
+        assert_eq!(store.reader.last_applied().unwrap(), None);
+        drop((log, store.state_machine, store.reader));
+        store.closed.wait().await;
+    }
+    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    assert_eq!(unread_texts(&node, AccountId(2)).await, ["from the log"]);
+    let next = sent_id(node.write(send(alice, "bob", "after")).await.unwrap());
+    assert_eq!(next, MessageId(2));
+    node.shutdown().await.unwrap();
+}

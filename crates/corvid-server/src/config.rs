@@ -1,0 +1,225 @@
+//! Server configuration: one TOML file, a sane default for every setting, flags on top.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use corvid_core::SessionPolicy;
+
+/// The default port of the binary protocol.
+pub const DEFAULT_PORT: u16 = 7070;
+
+/// Everything `corvid serve` can be told. Field docs are the reference for the TOML file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the database, the Raft log and snapshots.
+    pub data_dir: PathBuf,
+    /// Address of the binary-protocol listener. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub sessions: Sessions,
+    pub log: Log,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame a client may send, in bytes; a larger one closes the connection.
+    pub max_frame_bytes: usize,
+    /// Most connections served at once; more are told `too_many_connections` and closed.
+    pub max_connections: usize,
+    /// Sustained requests per second allowed on one connection.
+    pub requests_per_second: u32,
+    /// Requests one connection may send in a burst above the sustained rate.
+    pub request_burst: u32,
+    /// Requests one connection may have in flight before the server stops reading from it.
+    pub max_in_flight: usize,
+    /// Largest message text, in bytes (at most 1 MiB).
+    pub max_text_bytes: usize,
+    /// Seconds a client has to complete the version handshake.
+    pub handshake_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sessions {
+    /// A session ends after this many seconds without activity.
+    pub idle_timeout_secs: u64,
+    /// A session ends this many seconds after login, whatever the activity.
+    pub max_lifetime_secs: u64,
+    /// When true, a new login ends the account's older sessions, which are told why.
+    pub single_session: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `corvid_server=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("corvid-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            limits: Limits::default(),
+            sessions: Sessions::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_frame_bytes: 1 << 20,
+            max_connections: 20_000,
+            requests_per_second: 2_000,
+            request_burst: 4_000,
+            max_in_flight: 64,
+            max_text_bytes: corvid_core::validate::DEFAULT_MAX_TEXT,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions {
+            idle_timeout_secs: 3600,
+            max_lifetime_secs: 30 * 24 * 3600,
+            single_session: false,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; settings it does not name keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Refuses settings that cannot work, with the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let fail = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+        if l.max_text_bytes == 0 || l.max_text_bytes > corvid_core::validate::HARD_MAX_TEXT {
+            return fail("limits.max_text_bytes must be 1..=1048576");
+        }
+        if l.max_frame_bytes < l.max_text_bytes + 1024 {
+            return fail("limits.max_frame_bytes must exceed max_text_bytes by at least 1024");
+        }
+        if l.max_connections == 0 || l.max_in_flight == 0 {
+            return fail("limits.max_connections and limits.max_in_flight must be positive");
+        }
+        if l.requests_per_second == 0 || l.request_burst == 0 {
+            return fail("limits.requests_per_second and limits.request_burst must be positive");
+        }
+        if self.sessions.idle_timeout_secs == 0 || self.sessions.max_lifetime_secs == 0 {
+            return fail("session timeouts must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn session_policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            idle_timeout_ms: self.sessions.idle_timeout_secs.saturating_mul(1000),
+            max_lifetime_ms: self.sessions.max_lifetime_secs.saturating_mul(1000),
+            single_session: self.sessions.single_session,
+        }
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.handshake_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_default_and_valid() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        config.validate().unwrap();
+        assert_eq!(config.listen.port(), DEFAULT_PORT);
+        assert!(config.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn a_file_overrides_what_it_names() {
+        let config = Config::from_toml(
+            "data_dir = \"/tmp/x\"\n[sessions]\nsingle_session = true\n[limits]\nmax_text_bytes = 100\n",
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert!(config.session_policy().single_session);
+        assert_eq!(config.limits.max_text_bytes, 100);
+        assert_eq!(
+            config.limits.max_connections,
+            Limits::default().max_connections
+        );
+    }
+
+    #[test]
+    fn typos_and_impossible_values_are_refused() {
+        assert!(Config::from_toml("listn = \"1.2.3.4:5\"").is_err());
+        let mut config = Config::default();
+        config.limits.max_text_bytes = 2 << 20;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.max_frame_bytes = 100;
+        assert!(config.validate().is_err());
+    }
+}

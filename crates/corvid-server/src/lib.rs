@@ -1,0 +1,191 @@
+//! Corvid's server: configuration, the service core shared by every frontend, the push
+//! hub, and the frontends themselves.
+//!
+//! [`start`] assembles a running server from a [`Config`] (tests use it with port 0);
+//! [`run`] is `corvid serve`: flags over the config file, logs, signals.
+
+pub mod config;
+pub mod hub;
+mod password;
+pub mod service;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use hub::Hub;
+use service::{Service, ServiceConfig};
+
+/// Flags of `corvid serve`. Every flag overrides the same setting of the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see docs/configuration in the README).
+    #[arg(long, env = "CORVID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./corvid-data].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Address of the binary-protocol listener [default: 127.0.0.1:7070].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// End older sessions of an account when it logs in again.
+    #[arg(long)]
+    pub single_session: bool,
+}
+
+impl ServeArgs {
+    /// The configuration: defaults, then the file, then the flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(data) = &self.data {
+            config.data_dir = data.clone();
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if self.single_session {
+            config.sessions.single_session = true;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A server that is up: listening, with its node started.
+pub struct RunningServer {
+    wire_addr: SocketAddr,
+    shutdown: CancellationToken,
+    wire: tokio::task::JoinHandle<()>,
+    service: Arc<Service>,
+}
+
+impl RunningServer {
+    /// Where the binary protocol listens (with the real port when 0 was asked).
+    pub fn wire_addr(&self) -> SocketAddr {
+        self.wire_addr
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Stops accepting, closes every connection, and shuts the node down cleanly.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let _ = self.wire.await;
+        self.service
+            .node()
+            .shutdown()
+            .await
+            .context("shutting down the node")?;
+        Ok(())
+    }
+}
+
+/// Opens the data directory, starts the node and the listeners.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let wire_addr = listener.local_addr()?;
+
+    let hub = Arc::new(Hub::default());
+    let sink_hub = hub.clone();
+    let effects: corvid_store::EffectSink = Arc::new(move |effects| sink_hub.dispatch(effects));
+    let node_config = corvid_raft::NodeConfig {
+        data_dir: config.data_dir.clone(),
+        node_id: 1,
+        advertise_addr: wire_addr.to_string(),
+    };
+    let node = corvid_raft::Node::open(node_config, effects)
+        .await
+        .with_context(|| format!("cannot open the node in {}", config.data_dir.display()))?;
+    let service = Service::new(
+        node,
+        hub,
+        ServiceConfig {
+            session_policy: config.session_policy(),
+            max_text_bytes: config.limits.max_text_bytes,
+        },
+    )?;
+
+    let shutdown = CancellationToken::new();
+    let wire = tokio::spawn(tcp::serve(
+        listener,
+        service.clone(),
+        config.limits.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(%wire_addr, data_dir = %config.data_dir.display(), "corvid is serving");
+    Ok(RunningServer {
+        wire_addr,
+        shutdown,
+        wire,
+        service,
+    })
+}
+
+/// `corvid serve`: runs until SIGTERM or Ctrl-C, then shuts down cleanly.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    init_logging(&config.log);
+    let data_dir = config.data_dir.clone();
+    let server = start(config).await?;
+    // One line on stdout says where to connect: scripts and tests read it.
+    println!(
+        "corvid serving on {} (data in {})",
+        server.wire_addr(),
+        data_dir.display()
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}
+
+fn init_logging(log: &config::Log) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests starting several servers) is harmless.
+    let _ = match log.format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

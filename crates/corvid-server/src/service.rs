@@ -1,0 +1,545 @@
+//! The service core: every operation of Corvid, whatever the frontend.
+//!
+//! A frontend decodes its wire format into a [`Request`], calls [`Service::handle`] (or
+//! [`Service::subscribe`] for pushed events) and encodes what comes back. This is where
+//! requests are validated, stamped (time, tokens, password hashes) into commands for the
+//! log, and where reads are served after `ensure_linearizable`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use tokio::sync::mpsc;
+
+use corvid_core::query::{self, QueryError};
+use corvid_core::{
+    validate, AccountId, ApiError, Command, EndReason, ErrorCode, Event, Message, MessageId,
+    Outcome, Pattern, Request, Response, SessionKey, SessionPolicy, Timestamp, Token,
+};
+use corvid_raft::{Node, NodeError};
+
+use crate::hub::{Hub, Registration};
+use crate::password;
+
+/// Backlog messages read per page when a subscriber resumes.
+const REPLAY_PAGE: usize = 256;
+
+/// Settings of the service that come from the configuration.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub session_policy: SessionPolicy,
+    pub max_text_bytes: usize,
+}
+
+pub struct Service {
+    node: Node,
+    hub: Arc<Hub>,
+    config: ServiceConfig,
+    /// Verified against when a login names an unknown user, so that unknown users and
+    /// wrong passwords take the same time.
+    dummy_hash: String,
+    deliveries: mpsc::UnboundedSender<(AccountId, MessageId)>,
+}
+
+impl Service {
+    /// Builds the service over a started node whose effects feed `hub`.
+    pub fn new(node: Node, hub: Arc<Hub>, config: ServiceConfig) -> anyhow::Result<Arc<Service>> {
+        let dummy_hash = password::hash("corvid-no-such-user")
+            .map_err(|err| anyhow::anyhow!("cannot hash: {err}"))?;
+        let (deliveries, pending) = mpsc::unbounded_channel();
+        let service = Arc::new(Service {
+            node,
+            hub,
+            config,
+            dummy_hash,
+            deliveries,
+        });
+        tokio::spawn(record_deliveries(Arc::downgrade(&service), pending));
+        Ok(service)
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Serves one request. `Subscribe` needs a stream: use [`Service::subscribe`].
+    pub async fn handle(&self, request: Request) -> Result<Response, ApiError> {
+        match request {
+            Request::Ping => Ok(Response::Pong),
+            Request::CreateAccount {
+                username,
+                display_name,
+                password,
+            } => self.create_account(username, display_name, password).await,
+            Request::Login { username, password } => self.login(username, password).await,
+            Request::Logout { token } => {
+                let now = now();
+                self.write(Command::Logout {
+                    session: token.session_key(),
+                    now,
+                })
+                .await?;
+                Ok(Response::LoggedOut)
+            }
+            Request::DeleteAccount {
+                token,
+                password,
+                force,
+            } => self.delete_account(token, password, force).await,
+            Request::ListAccounts {
+                token,
+                pattern,
+                syntax,
+                limit,
+                cursor,
+            } => {
+                let limit = validate::page_limit(limit)?;
+                let pattern = Pattern::compile(&pattern, syntax)?;
+                let session = token.session_key();
+                let now = now();
+                let mut page = self
+                    .read(move |t| {
+                        query::authenticate(t, &session, now)?;
+                        query::list_accounts(t, &pattern, cursor.as_deref(), limit)
+                    })
+                    .await?;
+                for row in &mut page.rows {
+                    row.online = self.hub.is_online(&row.username);
+                }
+                Ok(Response::Accounts(page))
+            }
+            Request::Send {
+                token,
+                to,
+                text,
+                client_id,
+            } => {
+                validate::text(&text, self.config.max_text_bytes).map_err(|code| {
+                    ApiError::new(
+                        code,
+                        format!(
+                            "message text must be 1 to {} bytes",
+                            self.config.max_text_bytes
+                        ),
+                    )
+                })?;
+                let session = token.session_key();
+                match self
+                    .write(Command::Send {
+                        session,
+                        to,
+                        text,
+                        client_id,
+                        now: now(),
+                    })
+                    .await?
+                {
+                    Outcome::Sent { message, duplicate } => {
+                        Ok(Response::Sent { message, duplicate })
+                    }
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::FetchUnread { token, limit } => {
+                let limit = validate::page_limit(limit)?;
+                let session = token.session_key();
+                let now = now();
+                let (account, messages) = self
+                    .read(move |t| {
+                        let (account, _) = query::authenticate(t, &session, now)?;
+                        Ok::<_, QueryError>((account, query::fetch_unread(t, account, limit)?))
+                    })
+                    .await?;
+                for message in &messages {
+                    self.delivered(account, message);
+                }
+                Ok(Response::Messages { messages })
+            }
+            Request::MarkRead { token, ids } => {
+                validate::id_count(ids.len())?;
+                let command = Command::MarkRead {
+                    session: token.session_key(),
+                    ids,
+                    now: now(),
+                };
+                match self.write(command).await? {
+                    Outcome::MarkedRead { count } => Ok(Response::MarkedRead { count }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::History {
+                token,
+                with,
+                before,
+                limit,
+            } => {
+                let limit = validate::page_limit(limit)?;
+                let session = token.session_key();
+                let now = now();
+                let page = self
+                    .read(move |t| {
+                        let (account, _) = query::authenticate(t, &session, now)?;
+                        query::history(t, account, &with, before, limit)
+                    })
+                    .await?;
+                Ok(Response::History(page))
+            }
+            Request::DeleteMessages { token, ids } => {
+                validate::id_count(ids.len())?;
+                let command = Command::DeleteMessages {
+                    session: token.session_key(),
+                    ids,
+                    now: now(),
+                };
+                match self.write(command).await? {
+                    Outcome::MessagesDeleted { count } => Ok(Response::MessagesDeleted { count }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::Subscribe { .. } => Err(ApiError::new(
+                ErrorCode::Malformed,
+                "subscribe is served by the frontend's event stream",
+            )),
+        }
+    }
+
+    async fn create_account(
+        &self,
+        username: String,
+        display_name: String,
+        password: String,
+    ) -> Result<Response, ApiError> {
+        validate::username(&username)?;
+        validate::display_name(&display_name)?;
+        validate::password(&password)?;
+        // A cheap local look-up spares the hashing work for a name that is surely taken;
+        // the state machine makes the authoritative check.
+        let name = username.clone();
+        let taken = self
+            .node
+            .read_local(move |t| query::credentials(t, &name))
+            .map_err(fault)?;
+        if taken.map_err(storage_fault)?.is_some() {
+            return Err(ErrorCode::UsernameTaken.into());
+        }
+        let password_hash = hash(password).await?;
+        let command = Command::CreateAccount {
+            username,
+            display_name,
+            password_hash,
+            now: now(),
+        };
+        match self.write(command).await? {
+            Outcome::AccountCreated { username, .. } => Ok(Response::AccountCreated { username }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn login(&self, username: String, password: String) -> Result<Response, ApiError> {
+        let found = self
+            .read(move |t| Ok::<_, QueryError>(query::credentials(t, &username)?))
+            .await?;
+        let (account, phc) = match found {
+            Some((account, phc)) => (Some(account), phc),
+            None => (None, self.dummy_hash.clone()),
+        };
+        let matches = verify(password, phc).await?;
+        let Some(account) = account.filter(|_| matches) else {
+            return Err(ErrorCode::InvalidCredentials.into());
+        };
+        let token = new_token();
+        let command = Command::Login {
+            account,
+            session: token.session_key(),
+            policy: self.config.session_policy,
+            now: now(),
+        };
+        match self.write(command).await? {
+            Outcome::LoggedIn {
+                username, unread, ..
+            } => Ok(Response::LoggedIn {
+                token,
+                username,
+                unread,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_account(
+        &self,
+        token: Token,
+        password: String,
+        force: bool,
+    ) -> Result<Response, ApiError> {
+        let session = token.session_key();
+        let now = now();
+        let (account, phc) = self
+            .read(move |t| {
+                let (account, _) = query::authenticate(t, &session, now)?;
+                let phc = query::password_hash(t, account)?.unwrap_or_default();
+                Ok::<_, QueryError>((account, phc))
+            })
+            .await?;
+        if !verify(password, phc).await? {
+            return Err(ErrorCode::InvalidCredentials.into());
+        }
+        match self
+            .write(Command::DeleteAccount {
+                session,
+                account,
+                force,
+                now,
+            })
+            .await?
+        {
+            Outcome::AccountDeleted => Ok(Response::AccountDeleted),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts pushed events for a session. With `after`, the subscription first replays
+    /// every inbox message newer than that id, then goes live without gaps or repeats.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        token: Token,
+        after: Option<MessageId>,
+    ) -> Result<Subscription, ApiError> {
+        let session = token.session_key();
+        let now = now();
+        let (account, username) = self
+            .read(move |t| query::authenticate(t, &session, now))
+            .await?;
+        // Register before reading the inbox, so that a message applied in between is in
+        // the backlog, the live queue, or both (then skipped), never in neither.
+        let (registration, events) = self.hub.subscribe(account, session, &username);
+        let last_id = self
+            .read(move |t| Ok::<_, QueryError>(query::last_inbox_id(t, account)?))
+            .await?;
+        let touch_every =
+            Duration::from_millis((self.config.session_policy.idle_timeout_ms / 3).max(1000));
+        let mut touch =
+            tokio::time::interval_at(tokio::time::Instant::now() + touch_every, touch_every);
+        touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Subscription {
+            service: self.clone(),
+            account,
+            session,
+            _registration: registration,
+            events,
+            backlog: VecDeque::new(),
+            replay_cursor: after.filter(|a| *a < last_id),
+            skip_through: if after.is_some() {
+                last_id
+            } else {
+                MessageId(0)
+            },
+            last_id,
+            touch,
+            ended: false,
+        })
+    }
+
+    /// Notes that `message` reached a session of `account`; the receipt follows shortly.
+    fn delivered(&self, account: AccountId, message: &Message) {
+        if message.status == corvid_core::ReceiptStatus::Sent {
+            // The receiver task lives as long as the service.
+            let _ = self.deliveries.send((account, message.id));
+        }
+    }
+
+    async fn write(&self, command: Command) -> Result<Outcome, ApiError> {
+        match self.node.write(command).await.map_err(fault)? {
+            Outcome::Rejected(rejection) => Err(rejection.into()),
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R, ApiError>
+    where
+        F: FnOnce(&dyn corvid_core::Tables) -> Result<R, QueryError> + Send + 'static,
+        R: Send + 'static,
+    {
+        match self.node.read(f).await.map_err(fault)? {
+            Ok(value) => Ok(value),
+            Err(QueryError::Rejected(rejection)) => Err(rejection.into()),
+            Err(QueryError::Fault(fault)) => Err(storage_fault(fault)),
+        }
+    }
+}
+
+/// A live stream of events for one session.
+pub struct Subscription {
+    service: Arc<Service>,
+    account: AccountId,
+    session: SessionKey,
+    _registration: Registration,
+    events: mpsc::Receiver<Event>,
+    backlog: VecDeque<Message>,
+    /// Where the replay of missed messages stands; `None` once it has caught up.
+    replay_cursor: Option<MessageId>,
+    /// Live messages up to this id were (or will be) sent by the replay.
+    skip_through: MessageId,
+    last_id: MessageId,
+    touch: tokio::time::Interval,
+    ended: bool,
+}
+
+impl Subscription {
+    /// The newest inbox message id when the subscription started.
+    pub fn last_id(&self) -> MessageId {
+        self.last_id
+    }
+
+    /// The next event, or `None` when the stream is over (session ended, or this
+    /// subscriber fell too far behind and must resubscribe with `after`).
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(message) = self.backlog.pop_front() {
+                self.service.delivered(self.account, &message);
+                return Some(Event::Message(message));
+            }
+            if let Some(cursor) = self.replay_cursor {
+                let (account, last_id) = (self.account, self.last_id);
+                let page = self
+                    .service
+                    .read(move |t| {
+                        Ok::<_, QueryError>(query::inbox_after(t, account, cursor, REPLAY_PAGE)?)
+                    })
+                    .await;
+                let Ok(page) = page else {
+                    self.ended = true;
+                    return None;
+                };
+                let full = page.len() == REPLAY_PAGE;
+                self.replay_cursor = page.last().map(|m| m.id).filter(|id| full && *id < last_id);
+                self.backlog
+                    .extend(page.into_iter().filter(|m| m.id <= last_id));
+                continue;
+            }
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    None => {
+                        self.ended = true;
+                        return None;
+                    }
+                    Some(Event::Message(message)) if message.id <= self.skip_through => continue,
+                    Some(Event::Message(message)) => {
+                        self.service.delivered(self.account, &message);
+                        return Some(Event::Message(message));
+                    }
+                    Some(event @ Event::SessionEnded { .. }) => {
+                        self.ended = true;
+                        return Some(event);
+                    }
+                    Some(event) => return Some(event),
+                },
+                _ = self.touch.tick() => {
+                    // A live subscription is activity: it keeps the session from idling out.
+                    let touched = self.service.write(Command::Touch { session: self.session, now: now() }).await;
+                    if matches!(&touched, Err(e) if e.code == ErrorCode::Unauthenticated) {
+                        self.ended = true;
+                        return Some(Event::SessionEnded { reason: EndReason::Expired });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Batches delivery notes into `MarkDelivered` commands: one log entry per account per
+/// batch, however many messages were pushed meanwhile.
+async fn record_deliveries(
+    service: std::sync::Weak<Service>,
+    mut pending: mpsc::UnboundedReceiver<(AccountId, MessageId)>,
+) {
+    while let Some((account, id)) = pending.recv().await {
+        let mut batch: BTreeMap<AccountId, Vec<MessageId>> = BTreeMap::new();
+        batch.entry(account).or_default().push(id);
+        let mut size = 1;
+        while size < 8 * validate::MAX_IDS {
+            let Ok((account, id)) = pending.try_recv() else {
+                break;
+            };
+            batch.entry(account).or_default().push(id);
+            size += 1;
+        }
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        for (account, ids) in batch {
+            for chunk in ids.chunks(validate::MAX_IDS) {
+                let command = Command::MarkDelivered {
+                    account,
+                    ids: chunk.to_vec(),
+                    now: now(),
+                };
+                if let Err(err) = service.node.write(command).await {
+                    tracing::warn!(%err, "could not record deliveries");
+                }
+            }
+        }
+    }
+}
+
+/// The one mapping of node faults to client errors.
+fn fault(err: NodeError) -> ApiError {
+    match err {
+        NodeError::NotLeader { .. } => ErrorCode::NotLeader.into(),
+        NodeError::Unavailable(reason) => {
+            tracing::warn!(%reason, "service unavailable");
+            ErrorCode::Unavailable.into()
+        }
+        other => {
+            tracing::error!(err = %other, "node fault");
+            ErrorCode::Internal.into()
+        }
+    }
+}
+
+fn storage_fault(fault: corvid_core::StorageFault) -> ApiError {
+    tracing::error!(%fault, "read failed");
+    ErrorCode::Internal.into()
+}
+
+fn unexpected(outcome: Outcome) -> ApiError {
+    tracing::error!(?outcome, "unexpected outcome");
+    ErrorCode::Internal.into()
+}
+
+async fn hash(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || password::hash(&password))
+        .await
+        .map_err(|_| ApiError::from(ErrorCode::Internal))?
+        .map_err(|err| {
+            tracing::error!(%err, "password hashing failed");
+            ErrorCode::Internal.into()
+        })
+}
+
+async fn verify(password: String, phc: String) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || password::verify(&password, &phc))
+        .await
+        .map_err(|_| ErrorCode::Internal.into())
+}
+
+fn new_token() -> Token {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Token(bytes)
+}
+
+/// Wall-clock milliseconds, stamped into commands by the server that proposes them.
+pub fn now() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,97 @@
+//! The store's one error type, and its conversions into the errors openraft expects.
+
+use corvid_core::StorageFault;
+use openraft::AnyError;
+
+use crate::typ::{StorageError, StorageIOError};
+
+/// Storage failed: the disk, the database file, or the encoding of what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("encoding: {0}")]
+    Codec(#[source] postcard::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Fault(#[from] StorageFault),
+    /// The store has been closed (openraft shut down and dropped it).
+    #[error("the store is closed")]
+    Closed,
+    /// The log writer failed a request: its transaction failed, an earlier one did (the
+    /// writer then fails everything), or the writer thread is gone.
+    #[error("log writer: {0}")]
+    LogWriter(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl StoreError {
+    pub(crate) fn into_io(self) -> std::io::Error {
+        match self {
+            StoreError::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+
+    fn any(&self) -> AnyError {
+        AnyError::new(self)
+    }
+
+    pub(crate) fn read_logs(self) -> StorageError {
+        StorageIOError::read_logs(self.any()).into()
+    }
+
+    pub(crate) fn write_logs(self) -> StorageError {
+        StorageIOError::write_logs(self.any()).into()
+    }
+
+    pub(crate) fn read_vote(self) -> StorageError {
+        StorageIOError::read_vote(self.any()).into()
+    }
+
+    pub(crate) fn write_vote(self) -> StorageError {
+        StorageIOError::write_vote(self.any()).into()
+    }
+
+    pub(crate) fn read_state_machine(self) -> StorageError {
+        StorageIOError::read_state_machine(self.any()).into()
+    }
+
+    pub(crate) fn write_state_machine(self) -> StorageError {
+        StorageIOError::write_state_machine(self.any()).into()
+    }
+
+    pub(crate) fn read_snapshot(self) -> StorageError {
+        StorageIOError::read_snapshot(None, self.any()).into()
+    }
+
+    pub(crate) fn write_snapshot(self) -> StorageError {
+        StorageIOError::write_snapshot(None, self.any()).into()
+    }
+}
+
+/// A blocking task of the store did not finish (it panicked, or the runtime is shutting down).
+pub(crate) fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io(std::io::Error::other(format!("storage task failed: {e}")))
+}

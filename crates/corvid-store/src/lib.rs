@@ -1,0 +1,88 @@
+//! Corvid's durable storage: the Raft log, the vote and the state machine, in one redb file.
+//!
+//! `Store::open(dir, effects)` opens `dir/corvid.redb` (and `dir/snapshots/`) and returns the
+//! two halves openraft drives — [`LogStore`] (`RaftLogStorage`, storage-v2) and
+//! [`StateMachine`] (`RaftStateMachine`) — plus a [`StoreReader`] the server keeps for
+//! queries. The type configuration is in [`typ`]; the tables are listed in `schema`.
+//!
+//! # Durability
+//!
+//! What is fsync'd, and when:
+//!
+//! * **Log appends, vote, truncate, purge**: written by the log writer thread in group
+//!   commits, each one redb transaction committed with `Durability::Immediate` (fsync)
+//!   *before* any of its append callbacks fire or `save_vote`/`truncate`/`purge` return
+//!   (see [`log`]). openraft only counts an entry as accepted (and so only
+//!   commits and acknowledges it) after its callback. A log entry carries a batch of
+//!   commands (see [`typ::TypeConfig`]), so one fsync covers many client writes.
+//! * **`save_committed`**: queued in order, not awaited; written by the next log transaction,
+//!   with fsync if that transaction has other work, without otherwise.
+//! * **State machine `apply`**: one transaction per batch, committed with
+//!   `Durability::None`: no fsync.
+//! * **Snapshots**: the file is written, fsync'd, renamed and its directory fsync'd; then the
+//!   pointer to it (`sm_meta.snapshot`) is committed with fsync, and only then are older
+//!   snapshot files deleted. Installing a snapshot replaces the state tables and
+//!   last-applied/membership in one fsync'd transaction.
+//!
+//! Why the unsynced state machine is safe (checked in redb 4.5's source, `transactions.rs`
+//! and `page_manager.rs`):
+//!
+//! 1. redb commits are totally ordered in the one file, and a transaction always starts
+//!    from the latest commit, durable or not. A durable commit writes the newest root, which
+//!    contains every earlier non-durable commit, and flushes their pages: "commits with
+//!    [`Durability::None`](redb::Durability::None) will not be persisted to disk unless
+//!    followed by a commit with `Immediate`" — and then they are.
+//! 2. After a crash redb opens at the last durable commit, which is consistent: pages freed
+//!    by non-durable commits are not reused until a durable commit, so that commit's tree is
+//!    intact. A clean close (drop of the database) makes pending non-durable commits durable.
+//!
+//! So after a crash the file holds a log `L` and a state applied up to some `A`, both as of
+//! one durable commit, with `A <=` the last applied entry and every entry in `(A, committed]`
+//! still in `L`. This holds because of the **architecture invariant: the log is never
+//! purged past an entry whose application is not durable.** openraft purges only up to a
+//! snapshot's last log id; the snapshot was read from a committed state transaction; and
+//! the purge is itself an fsync'd log transaction committed after that state transaction,
+//! so it makes that state durable in the same fsync. On restart openraft reads `committed`
+//! (`read_committed`) and re-applies `(A, committed]` from the log before serving; entries
+//! after `committed` are committed again by the leader. An acknowledged write is never lost:
+//! it was acknowledged after apply, apply came after commit, and commit after the fsync of
+//! its log entry (on a quorum).
+//!
+//! Re-applying after a crash runs the effect sink again for those entries; at startup no
+//! client is connected yet, so nothing is pushed twice to a live session.
+//!
+//! Crash recovery cost: transactions use redb's default 1-phase commit with checksums (one
+//! fsync per commit), so after a crash redb repairs the file on open by walking it, which
+//! takes time proportional to its size. Quick-repair would make recovery instant at the
+//! price of a second fsync per commit on the hot path; it is not enabled.
+//!
+//! # Contention
+//!
+//! redb has one writer at a time, and a commit holds it through its fsync. `apply` therefore
+//! waits for a log fsync under way before it can write; throughput comes from batching on
+//! both sides (many entries per fsync, many entries per apply transaction).
+
+pub mod error;
+pub mod log;
+mod schema;
+mod snapshot;
+pub mod state;
+pub mod store;
+pub mod tables;
+pub mod typ;
+
+pub use error::StoreError;
+pub use log::{LogReader, LogStore};
+pub use state::{SnapshotBuilder, StateMachine};
+pub use store::{Closed, Store, StoreMetrics, StoreReader, DB_FILE, SNAPSHOT_DIR};
+pub use tables::{ReadTables, WriteTables};
+
+/// Receives the effects of each applied batch, in log order, after its transaction has
+/// committed. The server pushes messages and receipts to its connected clients from here;
+/// it must not block for long (it runs on the state machine's task).
+pub type EffectSink = std::sync::Arc<dyn Fn(&[corvid_core::Effect]) + Send + Sync>;
+
+/// An effect sink that drops everything, for tools and tests.
+pub fn no_effects() -> EffectSink {
+    std::sync::Arc::new(|_: &[corvid_core::Effect]| {})
+}

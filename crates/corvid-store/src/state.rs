@@ -1,0 +1,345 @@
+//! The state machine: openraft's `RaftStateMachine` over the state tables, and snapshots.
+//!
+//! `apply` runs a whole batch of entries in one redb write transaction committed with
+//! [`Durability::None`]: no fsync. The next fsync'd log transaction makes it durable (see
+//! the crate documentation for why that is safe). The core's effects are handed to the
+//! effect sink only after the transaction has committed.
+
+use std::fs::File;
+use std::io::SeekFrom;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use corvid_core::{Effect, Outcome};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Durability, ReadableDatabase};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use crate::error::{join_error, StoreError};
+use crate::schema::{
+    encode, get_meta, state_table, SnapshotRecord, LAST_APPLIED, LAST_MEMBERSHIP, SM_META, SNAPSHOT,
+};
+use crate::snapshot::{self, SnapshotDir};
+use crate::store::Shared;
+use crate::tables::{ReadTables, WriteTables};
+use crate::typ::{
+    Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::EffectSink;
+
+/// The state machine. Owned by openraft's state machine task.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    effects: EffectSink,
+    snapshots: Arc<SnapshotDir>,
+}
+
+/// Builds a snapshot from a read transaction, concurrently with `apply`.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    snapshots: Arc<SnapshotDir>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        effects: EffectSink,
+        snapshots: Arc<SnapshotDir>,
+    ) -> StateMachine {
+        StateMachine {
+            shared,
+            effects,
+            snapshots,
+        }
+    }
+}
+
+/// Applies `entries` in one transaction. Returns the outcomes of each entry (one per
+/// command), and the effects of all of them in order.
+fn apply_batch(
+    shared: &Shared,
+    entries: &[Entry],
+) -> Result<(Vec<Vec<Outcome>>, Vec<Effect>), StoreError> {
+    let mut outcomes = Vec::with_capacity(entries.len());
+    let mut effects = Vec::new();
+    let mut txn = shared.db.begin_write()?;
+    txn.set_durability(Durability::None)?;
+    {
+        let mut tables = WriteTables::open(&txn)?;
+        let mut meta = txn.open_table(SM_META)?;
+        let mut last_applied = None;
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::Blank => outcomes.push(Vec::new()),
+                EntryPayload::Normal(commands) => {
+                    let mut entry_outcomes = Vec::with_capacity(commands.len());
+                    for command in commands {
+                        // A fault drops the transaction (redb aborts it): nothing of the
+                        // batch is applied, and openraft stops this server.
+                        let applied = corvid_core::apply(command, &mut tables)?;
+                        entry_outcomes.push(applied.outcome.unwrap_or(Outcome::Nothing));
+                        effects.extend(applied.effects);
+                    }
+                    outcomes.push(entry_outcomes);
+                }
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    meta.insert(LAST_MEMBERSHIP, encode(&stored)?.as_slice())?;
+                    outcomes.push(Vec::new());
+                }
+            }
+            last_applied = Some(entry.log_id);
+        }
+        meta.insert(LAST_APPLIED, encode(&last_applied)?.as_slice())?;
+    }
+    txn.commit()?;
+    Ok((outcomes, effects))
+}
+
+fn applied_state(shared: &Shared) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+    let txn = shared.db.begin_read()?;
+    let meta = txn.open_table(SM_META)?;
+    let last_applied = get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten();
+    let membership = get_meta(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
+    Ok((last_applied, membership))
+}
+
+/// Makes `record` the current snapshot, in the database (durably, before any older file is
+/// deleted) and in memory, unless the current one is newer.
+fn make_current(
+    shared: &Shared,
+    snapshots: &SnapshotDir,
+    record: SnapshotRecord,
+) -> Result<(), StoreError> {
+    let _changing = snapshots.lock_changes();
+    if let Some(current) = snapshots.current() {
+        if current.meta.last_log_id > record.meta.last_log_id {
+            return Ok(());
+        }
+    }
+    let txn = shared.db.begin_write()?;
+    {
+        let mut meta = txn.open_table(SM_META)?;
+        meta.insert(SNAPSHOT, encode(&record)?.as_slice())?;
+    }
+    txn.commit()?;
+    snapshots.set_current(record)
+}
+
+fn build_snapshot(shared: &Shared, snapshots: &SnapshotDir) -> Result<SnapshotRecord, StoreError> {
+    // One read transaction gives the rows and the log id they correspond to, while `apply`
+    // goes on writing newer versions.
+    let txn = shared.db.begin_read()?;
+    let (last_applied, membership) = {
+        let meta = txn.open_table(SM_META)?;
+        let last_applied = get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten();
+        let membership = get_meta(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
+        (last_applied, membership)
+    };
+    let tables = ReadTables::open(&txn)?;
+    let seq = snapshots.next_seq();
+    let snapshot_id = match last_applied {
+        Some(id) => format!(
+            "{}-{}-{}-{seq}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
+        None => format!("0-0-0-{seq}"),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    let file = snapshots.write_file(seq, |out| snapshot::write(out, &meta, &tables).map(|_| ()))?;
+    drop(tables);
+    drop(txn);
+    let record = SnapshotRecord { meta, file };
+    make_current(shared, snapshots, record.clone())?;
+    Ok(record)
+}
+
+/// Stores a received snapshot as a file of ours, then replaces the state with its rows in
+/// one fsync'd transaction.
+fn install_snapshot(
+    shared: &Shared,
+    snapshots: &SnapshotDir,
+    meta: SnapshotMeta,
+    mut received: File,
+) -> Result<(), StoreError> {
+    let file = snapshots.write_file(snapshots.next_seq(), |out| {
+        std::io::copy(&mut received, out)?;
+        Ok(())
+    })?;
+    let result = load_snapshot(shared, snapshots, meta, &file);
+    if result.is_err() {
+        // Not current, so nothing refers to it.
+        let _ = std::fs::remove_file(snapshots.path().join(&file));
+    }
+    result
+}
+
+/// Replaces the state with the rows of snapshot `file`, and makes it current.
+fn load_snapshot(
+    shared: &Shared,
+    snapshots: &SnapshotDir,
+    meta: SnapshotMeta,
+    file: &str,
+) -> Result<(), StoreError> {
+    let mut input = snapshots.open_file(file)?;
+    let header = snapshot::read_header(&mut input)?;
+    if header.last_log_id != meta.last_log_id {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot file is at {:?}, its metadata says {:?}",
+            header.last_log_id, meta.last_log_id
+        )));
+    }
+    let _changing = snapshots.lock_changes();
+    let txn = shared.db.begin_write()?;
+    for table in corvid_core::Table::ALL {
+        txn.delete_table(state_table(table))?;
+    }
+    {
+        let mut tables = WriteTables::open(&txn)?;
+        snapshot::read_rows(&mut input, |table, key, value| {
+            Ok(corvid_core::TablesMut::put(&mut tables, table, key, value)?)
+        })?;
+        let mut sm_meta = txn.open_table(SM_META)?;
+        sm_meta.insert(LAST_APPLIED, encode(&meta.last_log_id)?.as_slice())?;
+        sm_meta.insert(LAST_MEMBERSHIP, encode(&meta.last_membership)?.as_slice())?;
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            file: file.to_string(),
+        };
+        sm_meta.insert(SNAPSHOT, encode(&record)?.as_slice())?;
+    }
+    txn.commit()?;
+    snapshots.set_current(SnapshotRecord {
+        meta,
+        file: file.to_string(),
+    })
+}
+
+/// Opens a snapshot file as openraft's snapshot data.
+async fn open_snapshot(
+    snapshots: &SnapshotDir,
+    record: SnapshotRecord,
+) -> Result<Option<Snapshot>, StoreError> {
+    match tokio::fs::File::open(snapshots.path().join(&record.file)).await {
+        Ok(file) => Ok(Some(Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(file),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(file = %record.file, "the current snapshot file is missing");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (shared, snapshots) = (self.shared.clone(), self.snapshots.clone());
+        let record = tokio::task::spawn_blocking(move || build_snapshot(&shared, &snapshots))
+            .await
+            .map_err(|e| join_error(e).write_snapshot())?
+            .map_err(StoreError::write_snapshot)?;
+        // The file was just written; if a newer snapshot replaced it meanwhile, it may be gone.
+        open_snapshot(&self.snapshots, record.clone())
+            .await
+            .map_err(StoreError::read_snapshot)?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("snapshot {} vanished", record.file)).read_snapshot()
+            })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        applied_state(&self.shared).map_err(StoreError::read_state_machine)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = entries.len() as u64;
+        let commands: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(commands) => commands.len(),
+                _ => 0,
+            })
+            .sum();
+        let shared = self.shared.clone();
+        let (outcomes, effects) =
+            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries))
+                .await
+                .map_err(|e| join_error(e).write_state_machine())?
+                .map_err(StoreError::write_state_machine)?;
+        let counters = &self.shared.counters;
+        counters.apply_batches.fetch_add(1, Ordering::Relaxed);
+        counters.applied_entries.fetch_add(count, Ordering::Relaxed);
+        counters
+            .applied_commands
+            .fetch_add(commands as u64, Ordering::Relaxed);
+        if !effects.is_empty() {
+            (self.effects)(&effects);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        // An anonymous file in the snapshot directory: it vanishes by itself if the transfer
+        // is abandoned, and `install_snapshot` copies it into a named file.
+        let file = tempfile::tempfile_in(self.snapshots.path())
+            .map_err(|e| StoreError::Io(e).write_snapshot())?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotData>,
+    ) -> Result<(), StorageError> {
+        let mut received = *snapshot;
+        let rewind = async {
+            received.flush().await?;
+            received.seek(SeekFrom::Start(0)).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        rewind
+            .await
+            .map_err(|e| StoreError::Io(e).read_snapshot())?;
+        let received = received.into_std().await;
+        let (shared, snapshots, meta) = (self.shared.clone(), self.snapshots.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || install_snapshot(&shared, &snapshots, meta, received))
+            .await
+            .map_err(|e| join_error(e).write_snapshot())?
+            .map_err(StoreError::write_snapshot)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        match self.snapshots.current() {
+            Some(record) => open_snapshot(&self.snapshots, record)
+                .await
+                .map_err(StoreError::read_snapshot),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Opening the data directory, and the handles the rest of the server keeps: the
+//! [`StoreReader`] for queries and metrics, and [`Closed`] to know the file is released.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use corvid_core::Tables;
+use redb::ReadableDatabase;
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::log::LogStore;
+use crate::schema::{create_tables, get_meta, SnapshotRecord, LAST_APPLIED, SM_META, SNAPSHOT};
+use crate::snapshot::SnapshotDir;
+use crate::state::StateMachine;
+use crate::tables::ReadTables;
+use crate::typ::LogId;
+use crate::EffectSink;
+
+/// The name of the database file inside the data directory.
+pub const DB_FILE: &str = "corvid.redb";
+/// The directory, inside the data directory, that holds snapshot files.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Counters kept by the store, for tests and metrics.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub log_commits: AtomicU64,
+    pub log_appends: AtomicU64,
+    pub log_entries: AtomicU64,
+    pub apply_batches: AtomicU64,
+    pub applied_entries: AtomicU64,
+    pub applied_commands: AtomicU64,
+}
+
+/// A copy of the store's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Log transactions committed with fsync (group commits).
+    pub log_commits: u64,
+    /// `append` calls made by openraft.
+    pub log_appends: u64,
+    /// Entries appended to the log.
+    pub log_entries: u64,
+    /// State machine transactions (one per `apply` call).
+    pub apply_batches: u64,
+    /// Entries applied to the state machine.
+    pub applied_entries: u64,
+    /// Commands applied (an entry carries one or more).
+    pub applied_commands: u64,
+}
+
+/// What every part of the store shares: the one database file.
+pub(crate) struct Shared {
+    pub db: redb::Database,
+    pub counters: Counters,
+    /// Dropped right after `db` (fields drop in order): tells [`Closed`] the file is released.
+    _closed: oneshot::Sender<()>,
+}
+
+/// Resolves once every handle to the database is gone and the file is closed, so that the
+/// same directory can be opened again (redb refuses a second open of a live database).
+pub struct Closed(oneshot::Receiver<()>);
+
+impl Closed {
+    pub async fn wait(self) {
+        // The sender is never used: its drop is the signal.
+        let _ = self.0.await;
+    }
+}
+
+/// The parts of an open store. openraft takes `log` and `state_machine` (which keep the
+/// database open); the server keeps `reader` and `closed`.
+pub struct Store {
+    pub log: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: StoreReader,
+    pub closed: Closed,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`: `dir/corvid.redb` and `dir/snapshots/`.
+    /// `effects` receives the effects of every applied batch, after it commits.
+    pub fn open(dir: impl AsRef<Path>, effects: EffectSink) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        let db = redb::Database::create(dir.join(DB_FILE))?;
+        create_tables(&db)?;
+        let current: Option<SnapshotRecord> = {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(SM_META)?;
+            get_meta(&meta, SNAPSHOT)?
+        };
+        let snapshots = SnapshotDir::open(dir.join(SNAPSHOT_DIR), current)?;
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            db,
+            counters: Counters::default(),
+            _closed: closed_tx,
+        });
+        Ok(Store {
+            log: LogStore::open(shared.clone())?,
+            state_machine: StateMachine::new(shared.clone(), effects, Arc::new(snapshots)),
+            reader: StoreReader {
+                shared: Arc::downgrade(&shared),
+            },
+            closed: Closed(closed_rx),
+        })
+    }
+
+    /// The data directory's database file.
+    pub fn db_path(dir: impl AsRef<Path>) -> PathBuf {
+        dir.as_ref().join(DB_FILE)
+    }
+}
+
+/// Reads of the state, for the server's queries. Cheap to clone.
+///
+/// A reader does not keep the database open: the log store and the state machine do. Once
+/// both are dropped (openraft has shut down), reads fail with [`StoreError::Closed`] and the
+/// file is released, so that it can be opened again.
+#[derive(Clone)]
+pub struct StoreReader {
+    shared: Weak<Shared>,
+}
+
+impl StoreReader {
+    fn shared(&self) -> Result<Arc<Shared>, StoreError> {
+        self.shared.upgrade().ok_or(StoreError::Closed)
+    }
+
+    /// Runs `f` on a consistent read transaction of the state tables. It sees every applied
+    /// entry (committed or not yet fsync'd) and never blocks writers.
+    pub fn read<R>(&self, f: impl FnOnce(&dyn Tables) -> R) -> Result<R, StoreError> {
+        // Held until the transaction ends, so the database outlives it.
+        let shared = self.shared()?;
+        let txn = shared.db.begin_read()?;
+        let tables = ReadTables::open(&txn)?;
+        Ok(f(&tables))
+    }
+
+    /// The id of the last entry applied to the state.
+    pub fn last_applied(&self) -> Result<Option<LogId>, StoreError> {
+        let shared = self.shared()?;
+        let txn = shared.db.begin_read()?;
+        let meta = txn.open_table(SM_META)?;
+        Ok(get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten())
+    }
+
+    /// The store's counters (all zero once the store is closed).
+    pub fn metrics(&self) -> StoreMetrics {
+        let Ok(shared) = self.shared() else {
+            return StoreMetrics::default();
+        };
+        let c = &shared.counters;
+        StoreMetrics {
+            log_commits: c.log_commits.load(Ordering::Relaxed),
+            log_appends: c.log_appends.load(Ordering::Relaxed),
+            log_entries: c.log_entries.load(Ordering::Relaxed),
+            apply_batches: c.apply_batches.load(Ordering::Relaxed),
+            applied_entries: c.applied_entries.load(Ordering::Relaxed),
+            applied_commands: c.applied_commands.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The client subcommands: each connects, makes its calls and prints the result.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use corvid_client::{Client, ClientConfig, ClientError, Subscription};
+use corvid_core::{ErrorCode, Event, MessageId, PatternSyntax, Token};
+use serde_json::{json, Value};
+
+use crate::cli::{Command, GlobalArgs, DEFAULT_SERVER};
+use crate::error::CliError;
+use crate::output;
+use crate::password::{self, Source};
+use crate::session::{self, Session};
+
+/// What every command needs: the global flags and where the session lives.
+struct Context {
+    global: GlobalArgs,
+    session_path: PathBuf,
+}
+
+impl Context {
+    fn password_source(&self) -> Source {
+        if self.global.password_stdin {
+            Source::Stdin
+        } else {
+            Source::Terminal
+        }
+    }
+
+    /// `--server`/`CORVID_SERVER`, else the session's servers, else the default.
+    fn servers(&self, session: Option<&Session>) -> Vec<String> {
+        self.global
+            .servers()
+            .or_else(|| {
+                session
+                    .map(|session| session.servers.clone())
+                    .filter(|servers| !servers.is_empty())
+            })
+            .unwrap_or_else(|| vec![DEFAULT_SERVER.to_string()])
+    }
+
+    async fn connect(&self, servers: &[String]) -> Result<Client, CliError> {
+        Ok(Client::connect_with(ClientConfig::new(servers)).await?)
+    }
+
+    /// The logged-in session and its token.
+    fn session(&self) -> Result<(Session, Token), CliError> {
+        let session = session::load(&self.session_path)?.ok_or(CliError::NotLoggedIn)?;
+        let token = session.token().ok_or_else(|| {
+            CliError::session_file(format!(
+                "{} holds no valid token; run corvid login NAME",
+                self.session_path.display()
+            ))
+        })?;
+        Ok((session, token))
+    }
+
+    /// Prints the human line or, with `--json`, the JSON object.
+    fn emit(&self, human: impl std::fmt::Display, json: Value) -> Result<(), CliError> {
+        if self.global.json {
+            print_line(json)
+        } else {
+            print_line(human)
+        }
+    }
+
+    /// Prints lines only in human mode (JSON goes out whole, with [`Context::emit`]).
+    fn human(&self, lines: impl IntoIterator<Item = String>) -> Result<(), CliError> {
+        if self.global.json {
+            return Ok(());
+        }
+        lines.into_iter().try_for_each(print_line)
+    }
+
+    /// A remark for people (a hint, an empty result): to stderr, and not in JSON mode.
+    fn remark(&self, text: impl std::fmt::Display) {
+        if !self.global.json {
+            eprintln!("{text}");
+        }
+    }
+}
+
+fn print_line(line: impl std::fmt::Display) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|err| CliError::local("output", format!("cannot write the output: {err}")))
+}
+
+/// Runs a client subcommand (everything but `serve`).
+pub async fn run(global: GlobalArgs, command: Command) -> Result<(), CliError> {
+    let session_path = match &global.session {
+        Some(path) => path.clone(),
+        None => session::default_path()?,
+    };
+    let ctx = Context {
+        global,
+        session_path,
+    };
+    match command {
+        Command::Serve(_) => Err(CliError::usage("serve is not a client command")),
+        Command::Register { name, display_name } => {
+            register(&ctx, &name, display_name.as_deref()).await
+        }
+        Command::Login { name } => login(&ctx, &name).await,
+        command => {
+            let (session, token) = ctx.session()?;
+            // Asked before connecting, so a slow typist does not hold an idle connection.
+            let password = match command {
+                Command::DeleteAccount { .. } => {
+                    Some(password::read(ctx.password_source(), "Password: ")?)
+                }
+                _ => None,
+            };
+            let client = ctx.connect(&ctx.servers(Some(&session))).await?;
+            let result = with_session(&ctx, &client, session, token, command, password).await;
+            match result {
+                Err(CliError::Api(error)) if error.code == ErrorCode::Unauthenticated => {
+                    session::remove_if_token(&ctx.session_path, token)?;
+                    Err(CliError::SessionEnded)
+                }
+                other => other,
+            }
+        }
+    }
+}
+
+async fn with_session(
+    ctx: &Context,
+    client: &Client,
+    session: Session,
+    token: Token,
+    command: Command,
+    password: Option<String>,
+) -> Result<(), CliError> {
+    match command {
+        Command::Logout => logout(ctx, client, token).await,
+        Command::Users {
+            pattern,
+            regex,
+            limit,
+            cursor,
+        } => users(ctx, client, token, &pattern, regex, limit, cursor).await,
+        Command::Send { user, text } => send(ctx, client, token, &user, &text.join(" ")).await,
+        Command::Read { limit } => read(ctx, client, token, limit).await,
+        Command::History {
+            user,
+            before,
+            limit,
+        } => history(ctx, client, &session, token, &user, before, limit).await,
+        Command::DeleteMessages { ids } => delete_messages(ctx, client, token, ids).await,
+        Command::DeleteAccount { force } => {
+            let password = password.unwrap_or_default();
+            delete_account(ctx, client, &session, token, &password, force).await
+        }
+        Command::Listen => listen(ctx, client, session, token).await,
+        Command::Serve(_) | Command::Register { .. } | Command::Login { .. } => {
+            Err(CliError::usage("this command does not use a session"))
+        }
+    }
+}
+
+async fn register(ctx: &Context, name: &str, display_name: Option<&str>) -> Result<(), CliError> {
+    let password = password::read_new(ctx.password_source())?;
+    let existing = session::load(&ctx.session_path).ok().flatten();
+    let client = ctx.connect(&ctx.servers(existing.as_ref())).await?;
+    let username = client
+        .create_account(name, display_name.unwrap_or(""), &password)
+        .await?;
+    ctx.emit(
+        format!("created account {username}; log in with: corvid login {username}"),
+        json!({ "username": username }),
+    )
+}
+
+async fn login(ctx: &Context, name: &str) -> Result<(), CliError> {
+    let password = password::read(ctx.password_source(), "Password: ")?;
+    let existing = session::load(&ctx.session_path).ok().flatten();
+    let servers = ctx.servers(existing.as_ref());
+    let client = ctx.connect(&servers).await?;
+    let logged_in = client.login(name, &password).await?;
+    let mut new_session = Session::new(servers, logged_in.username.clone(), logged_in.token);
+    // Message ids only grow, so the same user's `listen` can resume where it was.
+    if let Some(existing) = existing {
+        if existing.username.eq_ignore_ascii_case(&logged_in.username) {
+            new_session.last_seen = existing.last_seen;
+        }
+    }
+    session::save(&ctx.session_path, &new_session)?;
+    ctx.emit(
+        format!(
+            "logged in as {}; {} unread message(s)",
+            logged_in.username, logged_in.unread
+        ),
+        json!({ "username": logged_in.username, "unread": logged_in.unread }),
+    )
+}
+
+async fn logout(ctx: &Context, client: &Client, token: Token) -> Result<(), CliError> {
+    match client.logout(token).await {
+        Ok(()) => {}
+        // Already over on the server: forgetting it here is all that is left to do.
+        Err(ClientError::Api(error)) if error.code == ErrorCode::Unauthenticated => {}
+        Err(error) => return Err(error.into()),
+    }
+    session::remove_if_token(&ctx.session_path, token)?;
+    ctx.emit("logged out", json!({ "logged_out": true }))
+}
+
+async fn users(
+    ctx: &Context,
+    client: &Client,
+    token: Token,
+    pattern: &str,
+    regex: bool,
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Result<(), CliError> {
+    let syntax = if regex {
+        PatternSyntax::Regex
+    } else {
+        PatternSyntax::Glob
+    };
+    let page = client
+        .list_accounts(token, pattern, syntax, limit, cursor)
+        .await?;
+    if ctx.global.json {
+        let accounts: Vec<Value> = page.rows.iter().map(output::account_json).collect();
+        return print_line(json!({ "accounts": accounts, "next_cursor": page.next_cursor }));
+    }
+    if page.rows.is_empty() {
+        ctx.remark("no matching accounts");
+    }
+    ctx.human(output::account_lines(&page.rows))?;
+    if let Some(cursor) = page.next_cursor {
+        let regex = if regex { " --regex" } else { "" };
+        ctx.remark(format!(
+            "more: corvid users '{pattern}'{regex} --cursor {cursor}"
+        ));
+    }
+    Ok(())
+}
+
+async fn send(
+    ctx: &Context,
+    client: &Client,
+    token: Token,
+    to: &str,
+    text: &str,
+) -> Result<(), CliError> {
+    // One id for this invocation: the client's own retries of it are deduplicated.
+    let client_id: u64 = rand::random();
+    let sent = client.send(token, to, text, client_id).await?;
+    let message = &sent.message;
+    let mut value = output::message_json(message);
+    value["duplicate"] = json!(sent.duplicate);
+    let note = if sent.duplicate {
+        " (already sent)"
+    } else {
+        ""
+    };
+    ctx.emit(
+        format!("sent #{} to {}{note}", message.id.0, message.to),
+        value,
+    )
+}
+
+async fn read(
+    ctx: &Context,
+    client: &Client,
+    token: Token,
+    limit: Option<u32>,
+) -> Result<(), CliError> {
+    let messages = client.fetch_unread(token, limit).await?;
+    if ctx.global.json {
+        let values: Vec<Value> = messages.iter().map(output::message_json).collect();
+        print_line(json!({ "messages": values }))?;
+    } else if messages.is_empty() {
+        ctx.remark("no unread messages");
+    } else {
+        ctx.human(
+            messages
+                .iter()
+                .map(|message| output::message_line(message, false)),
+        )?;
+    }
+    // Marked only once printed: a failure above leaves them unread for the next try.
+    if !messages.is_empty() {
+        let ids = messages.iter().map(|message| message.id).collect();
+        client.mark_read(token, ids).await?;
+    }
+    Ok(())
+}
+
+async fn history(
+    ctx: &Context,
+    client: &Client,
+    session: &Session,
+    token: Token,
+    with: &str,
+    before: Option<u64>,
+    limit: Option<u32>,
+) -> Result<(), CliError> {
+    let page = client
+        .history(token, with, before.map(MessageId), limit)
+        .await?;
+    if ctx.global.json {
+        let values: Vec<Value> = page.messages.iter().map(output::message_json).collect();
+        return print_line(json!({
+            "messages": values,
+            "next_before": page.next_before.map(|id| id.0),
+        }));
+    }
+    if page.messages.is_empty() {
+        ctx.remark("no messages");
+    }
+    ctx.human(page.messages.iter().map(|message| {
+        // Receipts matter to the sender: show them on one's own messages.
+        let mine = message.from.eq_ignore_ascii_case(&session.username);
+        output::message_line(message, mine)
+    }))?;
+    if let Some(before) = page.next_before {
+        ctx.remark(format!(
+            "older messages: corvid history {with} --before {}",
+            before.0
+        ));
+    }
+    Ok(())
+}
+
+async fn delete_messages(
+    ctx: &Context,
+    client: &Client,
+    token: Token,
+    ids: Vec<u64>,
+) -> Result<(), CliError> {
+    let count = client
+        .delete_messages(token, ids.into_iter().map(MessageId).collect())
+        .await?;
+    ctx.emit(
+        format!("deleted {count} message(s)"),
+        json!({ "deleted": count }),
+    )
+}
+
+async fn delete_account(
+    ctx: &Context,
+    client: &Client,
+    session: &Session,
+    token: Token,
+    password: &str,
+    force: bool,
+) -> Result<(), CliError> {
+    client.delete_account(token, password, force).await?;
+    session::remove_if_token(&ctx.session_path, token)?;
+    ctx.emit(
+        format!("deleted account {}", session.username),
+        json!({ "deleted_account": session.username }),
+    )
+}
+
+async fn listen(
+    ctx: &Context,
+    client: &Client,
+    mut session: Session,
+    token: Token,
+) -> Result<(), CliError> {
+    let Subscription {
+        last_id,
+        mut events,
+    } = client.subscribe(token, session.last_seen()).await?;
+    if session.last_seen.is_none() {
+        // The first listen starts with what arrives from now on (`read` shows the
+        // backlog); later ones resume after the last message printed.
+        session.last_seen = Some(last_id.0);
+        save_last_seen(ctx, &session, token)?;
+    }
+    ctx.remark(format!(
+        "listening as {}; press Ctrl-C to stop",
+        session.username
+    ));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let item = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            item = events.recv() => item,
+        };
+        match item {
+            None => return Err(CliError::Connection(ClientError::Closed)),
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(Event::Message(message))) => {
+                ctx.emit(
+                    output::message_line(&message, false),
+                    output::message_json(&message),
+                )?;
+                session.last_seen = Some(message.id.0);
+                save_last_seen(ctx, &session, token)?;
+            }
+            Some(Ok(Event::Receipt { id, status })) => ctx.emit(
+                output::receipt_line(id, status),
+                output::receipt_json(id, status),
+            )?,
+            Some(Ok(Event::SessionEnded { reason })) => {
+                ctx.emit(
+                    output::session_ended_line(reason),
+                    output::session_ended_json(reason),
+                )?;
+                session::remove_if_token(&ctx.session_path, token)?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Records the last message printed, unless another login has replaced the session since.
+fn save_last_seen(ctx: &Context, session: &Session, token: Token) -> Result<(), CliError> {
+    match session::load(&ctx.session_path)? {
+        Some(mut current) if current.token() == Some(token) => {
+            current.last_seen = session.last_seen;
+            session::save(&ctx.session_path, &current)
+        }
+        _ => Ok(()),
+    }
+}

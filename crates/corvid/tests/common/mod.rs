@@ -1,0 +1,240 @@
+//! Helpers for end-to-end tests: a real `corvid serve` process and CLI invocations.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub fn corvid() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corvid"));
+    command
+        .env_remove("CORVID_SERVER")
+        .env_remove("CORVID_SESSION")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// A `corvid serve` process on a free loopback port.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Server {
+        Server::start_with(data, &[], &[])
+    }
+
+    pub fn start_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let log = data.with_extension(format!("log.{}", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = corvid()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("corvid serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Server { child, addr, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status of a clean shutdown.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A user of the CLI: its own session file, talking to one server.
+pub struct User {
+    pub name: String,
+    pub session: PathBuf,
+    pub server: String,
+}
+
+impl User {
+    pub fn new(dir: &Path, name: &str, server: &Server) -> User {
+        User {
+            name: name.into(),
+            session: dir.join(format!("{name}.session.json")),
+            server: server.addr.to_string(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = corvid();
+        command
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--session")
+            .arg(&self.session)
+            .args(args);
+        command
+    }
+
+    /// Runs the CLI with `stdin` as standard input.
+    pub fn run_with_input(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_input(args, "")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "corvid {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub fn register(&self) {
+        let output = self.run_with_input(
+            &["--password-stdin", "register", &self.name],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(
+            output.status.success(),
+            "register: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn login(&self) {
+        let output = self.run_with_input(
+            &["--password-stdin", "login", &self.name],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(
+            output.status.success(),
+            "login: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// `corvid listen --json` in the background, its lines on a channel.
+    pub fn listen(&self) -> Listener {
+        let mut child = self
+            .command(&["--json", "listen"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Listener { child, lines: rx }
+    }
+}
+
+pub struct Listener {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Listener {
+    /// The next JSON object printed, within a deadline.
+    pub fn next(&self) -> serde_json::Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(15))
+            .expect("listen printed a line in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+
+    /// Asserts nothing more is printed within a short grace period.
+    pub fn quiet(&self) {
+        if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            panic!("unexpected output: {line}");
+        }
+    }
+
+    /// Interrupts it the way a person does (Ctrl-C).
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

@@ -1,0 +1,129 @@
+//! End-to-end: every error path reaches the CLI user as one clear line and a non-zero exit.
+
+mod common;
+
+use common::{stderr, Server, User, PASSWORD};
+
+#[test]
+fn every_error_is_one_clear_line_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&dir.path().join("data"), &["--config", "/dev/null"], &[]);
+    let alice = User::new(dir.path(), "alice", &server);
+    let bob = User::new(dir.path(), "bob", &server);
+    alice.register();
+    bob.register();
+    alice.login();
+    let stranger = User::new(dir.path(), "stranger", &server);
+    let long_text = "x".repeat(5000);
+
+    // (who, args, stdin, expected code in the line, exit code)
+    let cases: Vec<(&User, Vec<&str>, String, &str, i32)> = vec![
+        (
+            &alice,
+            vec!["send", "nobody", "hi"],
+            String::new(),
+            "unknown_recipient",
+            1,
+        ),
+        (
+            &alice,
+            vec!["send", "bob", &long_text],
+            String::new(),
+            "invalid_text",
+            1,
+        ),
+        (
+            &alice,
+            vec!["users", "--regex", "("],
+            String::new(),
+            "invalid_pattern",
+            1,
+        ),
+        (
+            &alice,
+            vec!["history", "nobody"],
+            String::new(),
+            "unknown_user",
+            1,
+        ),
+        (
+            &alice,
+            vec!["--password-stdin", "register", "ALICE"],
+            format!("{PASSWORD}\n"),
+            "username_taken",
+            1,
+        ),
+        (
+            &alice,
+            vec!["--password-stdin", "register", "no spaces"],
+            format!("{PASSWORD}\n"),
+            "invalid_username",
+            1,
+        ),
+        (
+            &alice,
+            vec!["--password-stdin", "register", "carol"],
+            "short\n".into(),
+            "invalid_password",
+            1,
+        ),
+        (
+            &stranger,
+            vec!["--password-stdin", "login", "bob"],
+            "wrong password\n".into(),
+            "invalid_credentials",
+            1,
+        ),
+        (
+            &stranger,
+            vec!["--password-stdin", "login", "nobody"],
+            format!("{PASSWORD}\n"),
+            "invalid_credentials",
+            1,
+        ),
+        (&stranger, vec!["read"], String::new(), "not logged in", 1),
+        (&alice, vec!["users", "--limit", "0"], String::new(), "", 2),
+    ];
+    for (user, args, stdin, expected, exit) in cases {
+        let output = user.run_with_input(&args, &stdin);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(exit), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line, got {err:?}"
+        );
+        assert!(
+            err.starts_with("error: ") && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert!(output.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+
+    // Wrong password and unknown user read exactly the same.
+    let wrong =
+        stderr(&stranger.run_with_input(&["--password-stdin", "login", "bob"], "wrong password\n"));
+    let unknown = stderr(&stranger.run_with_input(
+        &["--password-stdin", "login", "nobody"],
+        &format!("{PASSWORD}\n"),
+    ));
+    assert_eq!(wrong, unknown);
+
+    // No server at the address: a connection error, exit 3.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = User {
+        name: "x".into(),
+        session: dir.path().join("nowhere.json"),
+        server: format!("127.0.0.1:{port}"),
+    };
+    let output = nowhere.run_with_input(
+        &["--password-stdin", "login", "x"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert_eq!(stderr(&output).trim_end().lines().count(), 1);
+}
