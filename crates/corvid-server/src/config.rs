@@ -110,7 +110,7 @@ impl Default for Log {
     fn default() -> Log {
         Log {
             format: LogFormat::Text,
-            level: "info".into(),
+            level: "info,openraft=warn".into(),
         }
     }
 }
