@@ -1,0 +1,136 @@
+//! Corvid errors as gRPC statuses, and back.
+//!
+//! A status carries the nearest standard gRPC code, the error's sentence as its message,
+//! and the stable Corvid error in metadata (trailers): [`CODE_KEY`] (the number),
+//! [`NAME_KEY`] (the name) and [`DETAIL_KEY`] (the detail number). `proto/corvid.proto`
+//! documents the same table for other clients.
+
+use corvid_core::{ApiError, ErrorCode};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+
+/// Metadata key of the error code's number ("20").
+pub const CODE_KEY: &str = "corvid-error-code";
+/// Metadata key of the error code's name ("unknown_recipient").
+pub const NAME_KEY: &str = "corvid-error-name";
+/// Metadata key of the detail number ("3" unread messages), "0" when the code has none.
+pub const DETAIL_KEY: &str = "corvid-error-detail";
+
+/// The standard gRPC code nearest to a Corvid error code.
+pub fn grpc_code(code: ErrorCode) -> Code {
+    match code {
+        ErrorCode::Malformed
+        | ErrorCode::InvalidUsername
+        | ErrorCode::InvalidDisplayName
+        | ErrorCode::InvalidPassword
+        | ErrorCode::InvalidText
+        | ErrorCode::InvalidPattern
+        | ErrorCode::InvalidLimit
+        | ErrorCode::InvalidCursor
+        | ErrorCode::TooManyIds => Code::InvalidArgument,
+        ErrorCode::InvalidCredentials | ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::UnknownRecipient | ErrorCode::UnknownUser => Code::NotFound,
+        ErrorCode::UsernameTaken => Code::AlreadyExists,
+        ErrorCode::UnreadMessages => Code::FailedPrecondition,
+        ErrorCode::RateLimited | ErrorCode::FrameTooLarge | ErrorCode::TooManyConnections => {
+            Code::ResourceExhausted
+        }
+        ErrorCode::NotLeader | ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::UnsupportedVersion => Code::Unimplemented,
+        ErrorCode::Internal => Code::Internal,
+    }
+}
+
+/// The one mapping of a Corvid error to its gRPC form.
+pub fn to_status(error: &ApiError) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(CODE_KEY, MetadataValue::from(error.code.as_u16()));
+    metadata.insert(NAME_KEY, MetadataValue::from_static(error.code.name()));
+    metadata.insert(DETAIL_KEY, MetadataValue::from(error.detail));
+    Status::with_metadata(grpc_code(error.code), error.message.clone(), metadata)
+}
+
+/// The Corvid error a status carries, or `None` when the status did not come from
+/// Corvid's service (no [`CODE_KEY`]): then it is a transport or proxy failure, to be
+/// read by its gRPC code. An unknown code number reads as `internal`, as the protocol
+/// says.
+pub fn from_status(status: &Status) -> Option<ApiError> {
+    let metadata = status.metadata();
+    let number: u16 = metadata.get(CODE_KEY)?.to_str().ok()?.parse().ok()?;
+    let code = ErrorCode::from_u16(number).unwrap_or(ErrorCode::Internal);
+    let detail = metadata
+        .get(DETAIL_KEY)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    Some(ApiError {
+        code,
+        detail,
+        message: status.message().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corvid_core::Rejection;
+
+    #[test]
+    fn every_code_round_trips_with_its_detail_and_message() {
+        for code in ErrorCode::ALL {
+            let error = ApiError::from(Rejection { code, detail: 7 });
+            let status = to_status(&error);
+            assert_eq!(status.code(), grpc_code(code));
+            assert_eq!(status.message(), error.message);
+            assert_eq!(
+                status.metadata().get(NAME_KEY).unwrap().to_str().unwrap(),
+                code.name()
+            );
+            assert_eq!(from_status(&status), Some(error));
+        }
+    }
+
+    #[test]
+    fn codes_map_to_the_documented_grpc_codes() {
+        let cases = [
+            (ErrorCode::InvalidCredentials, Code::Unauthenticated),
+            (ErrorCode::Unauthenticated, Code::Unauthenticated),
+            (ErrorCode::UnknownRecipient, Code::NotFound),
+            (ErrorCode::UnknownUser, Code::NotFound),
+            (ErrorCode::UsernameTaken, Code::AlreadyExists),
+            (ErrorCode::InvalidPattern, Code::InvalidArgument),
+            (ErrorCode::Malformed, Code::InvalidArgument),
+            (ErrorCode::UnreadMessages, Code::FailedPrecondition),
+            (ErrorCode::RateLimited, Code::ResourceExhausted),
+            (ErrorCode::NotLeader, Code::Unavailable),
+            (ErrorCode::Unavailable, Code::Unavailable),
+            (ErrorCode::Internal, Code::Internal),
+        ];
+        for (code, grpc) in cases {
+            assert_eq!(grpc_code(code), grpc, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_status_without_corvid_metadata_is_not_a_corvid_error() {
+        assert_eq!(
+            from_status(&Status::unavailable("connection refused")),
+            None
+        );
+        let mut metadata = MetadataMap::new();
+        metadata.insert(CODE_KEY, MetadataValue::from_static("not a number"));
+        let status = Status::with_metadata(Code::Internal, "x", metadata);
+        assert_eq!(from_status(&status), None);
+    }
+
+    #[test]
+    fn an_unknown_code_number_reads_as_internal() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(CODE_KEY, MetadataValue::from(999u16));
+        let status = Status::with_metadata(Code::Aborted, "from the future", metadata);
+        let error = from_status(&status).unwrap();
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert_eq!(error.message, "from the future");
+        assert_eq!(error.detail, 0);
+    }
+}
