@@ -1,8 +1,11 @@
 //! Server configuration: one TOML file, a sane default for every setting, flags on top.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use governor::Quota;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +13,8 @@ use corvid_core::SessionPolicy;
 
 /// The default port of the binary protocol.
 pub const DEFAULT_PORT: u16 = 7070;
+/// The default port of gRPC.
+pub const DEFAULT_GRPC_PORT: u16 = corvid_grpc::DEFAULT_PORT;
 
 /// Everything `corvid serve` can be told. Field docs are the reference for the TOML file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +24,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the binary-protocol listener. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Address of the gRPC listener, or `"off"` for no gRPC. Port 0 picks a free port.
+    #[serde(with = "optional_address")]
+    pub grpc_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub sessions: Sessions,
     pub log: Log,
@@ -75,6 +83,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("corvid-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_GRPC_PORT))),
             limits: Limits::default(),
             sessions: Sessions::default(),
             log: Log::default(),
@@ -184,6 +193,60 @@ impl Config {
     }
 }
 
+impl Limits {
+    /// The request rate one connection is allowed, whatever its protocol.
+    pub fn rate_quota(&self) -> Quota {
+        Quota::per_second(NonZeroU32::new(self.requests_per_second).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(self.request_burst).unwrap_or(NonZeroU32::MIN))
+    }
+}
+
+/// A listener address that can be switched off: `"127.0.0.1:7071"` or `"off"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalAddress(pub Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<OptionalAddress, String> {
+        match text.trim() {
+            "off" => Ok(OptionalAddress(None)),
+            address => address
+                .parse()
+                .map(|a| OptionalAddress(Some(a)))
+                .map_err(|_| format!("`{text}` is neither an address (host:port) nor `off`")),
+        }
+    }
+}
+
+/// Serde for `Option<SocketAddr>` written as an address or `"off"`.
+mod optional_address {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::OptionalAddress;
+
+    pub fn serialize<S: Serializer>(
+        address: &Option<SocketAddr>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match address {
+            Some(address) => serializer.collect_str(address),
+            None => serializer.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse::<OptionalAddress>()
+            .map(|address| address.0)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +258,20 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.listen.port(), DEFAULT_PORT);
         assert!(config.listen.ip().is_loopback());
+        let grpc = config.grpc_listen.expect("gRPC is on by default");
+        assert_eq!(grpc.port(), DEFAULT_GRPC_PORT);
+        assert!(grpc.ip().is_loopback());
+    }
+
+    #[test]
+    fn grpc_can_be_moved_or_switched_off() {
+        let config = Config::from_toml("grpc_listen = \"0.0.0.0:9000\"").unwrap();
+        assert_eq!(config.grpc_listen, Some("0.0.0.0:9000".parse().unwrap()));
+        let config = Config::from_toml("grpc_listen = \"off\"").unwrap();
+        assert_eq!(config.grpc_listen, None);
+        assert!(Config::from_toml("grpc_listen = \"nowhere\"").is_err());
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), config);
     }
 
     #[test]

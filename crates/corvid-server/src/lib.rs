@@ -5,6 +5,7 @@
 //! [`run`] is `corvid serve`: flags over the config file, logs, signals.
 
 pub mod config;
+pub mod grpc;
 pub mod hub;
 mod password;
 pub mod service;
@@ -18,7 +19,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, OptionalAddress};
 use hub::Hub;
 use service::{Service, ServiceConfig};
 
@@ -34,6 +35,9 @@ pub struct ServeArgs {
     /// Address of the binary-protocol listener [default: 127.0.0.1:7070].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address of the gRPC listener, or `off` [default: 127.0.0.1:7071].
+    #[arg(long, value_name = "ADDR|off")]
+    pub grpc_listen: Option<OptionalAddress>,
     /// End older sessions of an account when it logs in again.
     #[arg(long)]
     pub single_session: bool,
@@ -52,6 +56,9 @@ impl ServeArgs {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
+        if let Some(OptionalAddress(grpc_listen)) = self.grpc_listen {
+            config.grpc_listen = grpc_listen;
+        }
         if self.single_session {
             config.sessions.single_session = true;
         }
@@ -63,8 +70,10 @@ impl ServeArgs {
 /// A server that is up: listening, with its node started.
 pub struct RunningServer {
     wire_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     wire: tokio::task::JoinHandle<()>,
+    grpc: Option<tokio::task::JoinHandle<()>>,
     service: Arc<Service>,
 }
 
@@ -72,6 +81,11 @@ impl RunningServer {
     /// Where the binary protocol listens (with the real port when 0 was asked).
     pub fn wire_addr(&self) -> SocketAddr {
         self.wire_addr
+    }
+
+    /// Where gRPC listens, unless it is off.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     pub fn service(&self) -> &Arc<Service> {
@@ -82,6 +96,9 @@ impl RunningServer {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let _ = self.wire.await;
+        if let Some(grpc) = self.grpc {
+            let _ = grpc.await;
+        }
         self.service
             .node()
             .shutdown()
@@ -100,6 +117,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let wire_addr = listener.local_addr()?;
+    let grpc_listener = match config.grpc_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {address}"))?,
+        ),
+        None => None,
+    };
+    let grpc_addr = match &grpc_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
 
     let hub = Arc::new(Hub::default());
     let sink_hub = hub.clone();
@@ -128,11 +157,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         config.limits.clone(),
         shutdown.clone(),
     ));
-    tracing::info!(%wire_addr, data_dir = %config.data_dir.display(), "corvid is serving");
+    let grpc = grpc_listener.map(|listener| {
+        tokio::spawn(grpc::serve(
+            listener,
+            service.clone(),
+            config.limits.clone(),
+            shutdown.clone(),
+        ))
+    });
+    tracing::info!(%wire_addr, ?grpc_addr, data_dir = %config.data_dir.display(), "corvid is serving");
     Ok(RunningServer {
         wire_addr,
+        grpc_addr,
         shutdown,
         wire,
+        grpc,
         service,
     })
 }
@@ -143,15 +182,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config.log);
     let data_dir = config.data_dir.clone();
     let server = start(config).await?;
-    // One line on stdout says where to connect: scripts and tests read it.
-    println!(
-        "corvid serving on {} (data in {})",
-        server.wire_addr(),
-        data_dir.display()
-    );
+    // One line on stdout says where to connect: scripts and tests read it. The binary
+    // protocol's address comes first.
+    println!("{}", ready_line(&server, &data_dir));
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await
+}
+
+/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ./corvid-data)`.
+fn ready_line(server: &RunningServer, data_dir: &std::path::Path) -> String {
+    let grpc = match server.grpc_addr() {
+        Some(address) => address.to_string(),
+        None => "off".to_string(),
+    };
+    format!(
+        "corvid serving on {} (grpc {grpc}, data in {})",
+        server.wire_addr(),
+        data_dir.display()
+    )
 }
 
 fn init_logging(log: &config::Log) {

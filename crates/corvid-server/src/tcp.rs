@@ -6,13 +6,12 @@
 //! ready frames, not once per frame.
 
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
-use governor::{Quota, RateLimiter};
+use governor::RateLimiter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -125,10 +124,7 @@ where
         return Ok(());
     }
 
-    let rate =
-        Quota::per_second(NonZeroU32::new(limits.requests_per_second).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(limits.request_burst).unwrap_or(NonZeroU32::MIN));
-    let limiter = RateLimiter::direct(rate);
+    let limiter = RateLimiter::direct(limits.rate_quota());
     let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let mut subscription: Option<Box<Subscription>> = None;
     let mut reading = true;

@@ -24,6 +24,7 @@ async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Running
     let mut config = Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Config::default()
     };
     tune(&mut config);

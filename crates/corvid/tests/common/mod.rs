@@ -20,10 +20,13 @@ pub fn corvid() -> Command {
     command
 }
 
-/// A `corvid serve` process on a free loopback port.
+/// A `corvid serve` process on free loopback ports.
 pub struct Server {
     pub child: Child,
+    /// The binary protocol's address.
     pub addr: SocketAddr,
+    /// The gRPC address.
+    pub grpc: SocketAddr,
     pub log: PathBuf,
 }
 
@@ -40,7 +43,14 @@ impl Server {
             .open(&log)
             .unwrap();
         let mut child = corvid()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data")
             .arg(data)
             .args(args)
             .envs(env.iter().copied())
@@ -67,11 +77,13 @@ impl Server {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 )
             });
-        let addr = line
-            .split_whitespace()
-            .find_map(|word| word.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, addr, log }
+        let (addr, grpc) = parse_ready_line(&line);
+        Server {
+            child,
+            addr,
+            grpc,
+            log,
+        }
     }
 
     pub fn kill(&mut self) {
@@ -232,6 +244,23 @@ impl Listener {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-INT", &pid]).status().unwrap();
         let _ = self.child.wait();
+    }
+}
+
+/// The wire and gRPC addresses of
+/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ./corvid-data)`.
+pub fn parse_ready_line(line: &str) -> (SocketAddr, SocketAddr) {
+    let addresses: Vec<SocketAddr> = line
+        .split_whitespace()
+        .filter_map(|word| {
+            word.trim_matches(|c| matches!(c, '(' | ')' | ','))
+                .parse()
+                .ok()
+        })
+        .collect();
+    match addresses[..] {
+        [wire, grpc, ..] if line.contains(&format!("(grpc {grpc},")) => (wire, grpc),
+        _ => panic!("no wire and gRPC address in {line:?}"),
     }
 }
 
