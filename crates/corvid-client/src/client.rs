@@ -9,15 +9,18 @@ use corvid_core::{MessageId, Request, Response, Token};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Transport};
 use crate::events::{EventRouter, Events};
 use crate::ClientError;
 
 /// How a [`Client`] connects, waits and retries.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Server addresses (`host:port`), tried in order and then round-robin.
+    /// Server addresses (`host:port`), tried in order and then round-robin. With gRPC,
+    /// these are the servers' gRPC addresses.
     pub servers: Vec<String>,
+    /// The protocol: the binary protocol unless told otherwise.
+    pub transport: Transport,
     /// How long one attempt of a request may wait for its answer.
     pub request_timeout: Duration,
     /// How long a TCP connect plus handshake may take.
@@ -39,6 +42,7 @@ impl ClientConfig {
         let rounds = u32::try_from(servers.len().saturating_mul(2)).unwrap_or(u32::MAX);
         ClientConfig {
             servers: servers.to_vec(),
+            transport: Transport::Wire,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             max_attempts: rounds.max(8),
@@ -50,7 +54,8 @@ impl ClientConfig {
     }
 }
 
-/// A connection to a Corvid server (or cluster) over the binary protocol.
+/// A connection to a Corvid server (or cluster) over the binary protocol or gRPC
+/// ([`ClientConfig::transport`]); the methods and their behaviour are the same.
 ///
 /// Cheap to clone: clones share one connection, and every method takes `&self`, so many
 /// calls can be in flight at once. When the connection drops, or a server answers
@@ -99,6 +104,7 @@ impl Client {
         let mut last_error = ClientError::NoServers;
         for (index, address) in config.servers.iter().enumerate() {
             match Connection::open(
+                config.transport,
                 address,
                 config.connect_timeout,
                 config.max_frame_len,
@@ -215,6 +221,7 @@ impl Client {
         }
         let address = &config.servers[link.server];
         match Connection::open(
+            config.transport,
             address,
             config.connect_timeout,
             config.max_frame_len,
@@ -286,7 +293,7 @@ impl Client {
         tokio::spawn(keep_subscribed(
             Arc::downgrade(&self.inner),
             generation,
-            connection.closed_token(),
+            connection.subscription_ended(),
         ));
         Ok(Subscription { last_id, events })
     }
@@ -324,7 +331,7 @@ async fn keep_subscribed(inner: Weak<Inner>, generation: u64, mut closed: Cancel
         match client.call_on(Request::Subscribe { token, after }).await {
             Ok((Response::Subscribed { .. }, connection)) => {
                 tracing::debug!(server = connection.address(), "subscription resumed");
-                closed = connection.closed_token();
+                closed = connection.subscription_ended();
             }
             Ok((response, _)) => {
                 router.fail(generation, crate::calls::unexpected("subscribe", &response));

@@ -1,4 +1,4 @@
-//! Corvid's async client library: the binary protocol over TCP, pipelined, with failover.
+//! Corvid's async client library: the binary protocol or gRPC, pipelined, with failover.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), corvid_client::ClientError> {
@@ -16,14 +16,21 @@
 //! request id and waits for the answer with that id, so calls from many tasks share the
 //! connection concurrently. A lost connection or a `not_leader`/`unavailable` answer moves
 //! the client to the next server, and the call is retried there.
+//!
+//! [`ClientConfig::transport`] chooses the protocol. Over gRPC each call is its RPC on one
+//! HTTP/2 channel (HTTP/2 multiplexes them), and pushed events come from the `Subscribe`
+//! stream; everything else, failover and resubscription included, is the same.
 
 mod calls;
 mod client;
 mod connection;
 mod error;
 mod events;
+mod grpc;
+mod wire;
 
 pub use calls::{LoggedIn, Sent};
 pub use client::{Client, ClientConfig, Subscription};
+pub use connection::Transport;
 pub use error::ClientError;
 pub use events::{EventItem, Events};

@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use corvid_client::Transport;
 use corvid_core::validate::MAX_PAGE;
-
-/// The address a client uses when neither `--server` nor a session names one.
-pub const DEFAULT_SERVER: &str = "127.0.0.1:7070";
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -31,8 +29,9 @@ pub struct Cli {
 /// Flags every client subcommand understands, before or after its name.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Servers to try, in order, comma-separated [default: the servers of the session,
-    /// else 127.0.0.1:7070]
+    /// Servers to try, in order, comma-separated; with gRPC, their gRPC addresses
+    /// [default: the servers of the session, else 127.0.0.1:7070, or 127.0.0.1:7071 for
+    /// gRPC]
     #[arg(
         long,
         global = true,
@@ -40,6 +39,9 @@ pub struct GlobalArgs {
         value_name = "ADDR[,ADDR...]"
     )]
     pub server: Option<String>,
+    /// Protocol to speak [default: the session's, else wire]
+    #[arg(long, global = true, env = "CORVID_TRANSPORT", value_enum)]
+    pub transport: Option<TransportArg>,
     /// Session file [default: <config dir>/corvid/session.json]
     #[arg(long, global = true, env = "CORVID_SESSION", value_name = "FILE")]
     pub session: Option<PathBuf>,
@@ -49,6 +51,24 @@ pub struct GlobalArgs {
     /// Read the password from the first line of standard input instead of prompting
     #[arg(long, global = true)]
     pub password_stdin: bool,
+}
+
+/// The protocols a client can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// The binary protocol (docs/protocol.md)
+    Wire,
+    /// gRPC (proto/corvid.proto)
+    Grpc,
+}
+
+impl From<TransportArg> for Transport {
+    fn from(transport: TransportArg) -> Transport {
+        match transport {
+            TransportArg::Wire => Transport::Wire,
+            TransportArg::Grpc => Transport::Grpc,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +312,17 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["send", "bob", "hi", "--bogus"]).is_err());
         assert!(parse(&["fly"]).is_err());
+    }
+
+    #[test]
+    fn the_transport_is_wire_or_grpc() {
+        assert_eq!(parse(&["read"]).unwrap().global.transport, None);
+        let cli = parse(&["read", "--transport", "grpc"]).unwrap();
+        assert_eq!(cli.global.transport, Some(TransportArg::Grpc));
+        assert_eq!(Transport::from(TransportArg::Grpc), Transport::Grpc);
+        let cli = parse(&["--transport", "wire", "read"]).unwrap();
+        assert_eq!(cli.global.transport, Some(TransportArg::Wire));
+        assert!(parse(&["read", "--transport", "carrier-pigeon"]).is_err());
     }
 
     #[test]

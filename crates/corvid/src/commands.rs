@@ -3,15 +3,21 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use corvid_client::{Client, ClientConfig, ClientError, Subscription};
+use corvid_client::{Client, ClientConfig, ClientError, Subscription, Transport};
 use corvid_core::{ErrorCode, Event, MessageId, PatternSyntax, Token};
 use serde_json::{json, Value};
 
-use crate::cli::{Command, GlobalArgs, DEFAULT_SERVER};
+use crate::cli::{Command, GlobalArgs};
 use crate::error::CliError;
 use crate::output;
 use crate::password::{self, Source};
 use crate::session::{self, Session};
+
+/// The servers a command talks to, and the protocol.
+struct Target {
+    transport: Transport,
+    servers: Vec<String>,
+}
 
 /// What every command needs: the global flags and where the session lives.
 struct Context {
@@ -28,20 +34,33 @@ impl Context {
         }
     }
 
-    /// `--server`/`CORVID_SERVER`, else the session's servers, else the default.
-    fn servers(&self, session: Option<&Session>) -> Vec<String> {
-        self.global
+    /// Where to connect and how: `--transport`, else the session's transport, else the
+    /// binary protocol; `--server`, else the session's servers if they speak that
+    /// transport, else the transport's default address on this machine.
+    fn target(&self, session: Option<&Session>) -> Target {
+        let transport = self
+            .global
+            .transport
+            .map(Transport::from)
+            .or_else(|| session.map(Session::transport))
+            .unwrap_or_default();
+        let servers = self
+            .global
             .servers()
             .or_else(|| {
                 session
+                    .filter(|session| session.transport() == transport)
                     .map(|session| session.servers.clone())
                     .filter(|servers| !servers.is_empty())
             })
-            .unwrap_or_else(|| vec![DEFAULT_SERVER.to_string()])
+            .unwrap_or_else(|| vec![transport.default_server().to_string()]);
+        Target { transport, servers }
     }
 
-    async fn connect(&self, servers: &[String]) -> Result<Client, CliError> {
-        Ok(Client::connect_with(ClientConfig::new(servers)).await?)
+    async fn connect(&self, target: &Target) -> Result<Client, CliError> {
+        let mut config = ClientConfig::new(&target.servers);
+        config.transport = target.transport;
+        Ok(Client::connect_with(config).await?)
     }
 
     /// The logged-in session and its token.
@@ -113,7 +132,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> Result<(), CliError> {
                 }
                 _ => None,
             };
-            let client = ctx.connect(&ctx.servers(Some(&session))).await?;
+            let client = ctx.connect(&ctx.target(Some(&session))).await?;
             let result = with_session(&ctx, &client, session, token, command, password).await;
             match result {
                 Err(CliError::Api(error)) if error.code == ErrorCode::Unauthenticated => {
@@ -164,7 +183,7 @@ async fn with_session(
 async fn register(ctx: &Context, name: &str, display_name: Option<&str>) -> Result<(), CliError> {
     let password = password::read_new(ctx.password_source())?;
     let existing = session::load(&ctx.session_path).ok().flatten();
-    let client = ctx.connect(&ctx.servers(existing.as_ref())).await?;
+    let client = ctx.connect(&ctx.target(existing.as_ref())).await?;
     let username = client
         .create_account(name, display_name.unwrap_or(""), &password)
         .await?;
@@ -177,10 +196,15 @@ async fn register(ctx: &Context, name: &str, display_name: Option<&str>) -> Resu
 async fn login(ctx: &Context, name: &str) -> Result<(), CliError> {
     let password = password::read(ctx.password_source(), "Password: ")?;
     let existing = session::load(&ctx.session_path).ok().flatten();
-    let servers = ctx.servers(existing.as_ref());
-    let client = ctx.connect(&servers).await?;
+    let target = ctx.target(existing.as_ref());
+    let client = ctx.connect(&target).await?;
     let logged_in = client.login(name, &password).await?;
-    let mut new_session = Session::new(servers, logged_in.username.clone(), logged_in.token);
+    let mut new_session = Session::new(
+        target.servers,
+        target.transport,
+        logged_in.username.clone(),
+        logged_in.token,
+    );
     // Message ids only grow, so the same user's `listen` can resume where it was.
     if let Some(existing) = existing {
         if existing.username.eq_ignore_ascii_case(&logged_in.username) {

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use corvid_client::Transport;
 use corvid_core::{MessageId, Token};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,9 @@ use crate::error::CliError;
 pub struct Session {
     /// The servers the session was opened with; later commands use them by default.
     pub servers: Vec<String>,
+    /// The protocol the session was opened with, `wire` or `grpc` (absent: wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     pub username: String,
     /// The session token, 32 hexadecimal digits. A credential.
     pub token: String,
@@ -23,9 +27,15 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(servers: Vec<String>, username: String, token: Token) -> Session {
+    pub fn new(
+        servers: Vec<String>,
+        transport: Transport,
+        username: String,
+        token: Token,
+    ) -> Session {
         Session {
             servers,
+            transport: Some(transport.name().to_string()),
             username,
             token: token.to_hex(),
             last_seen: None,
@@ -35,6 +45,15 @@ impl Session {
     /// The token, if the file holds a well-formed one.
     pub fn token(&self) -> Option<Token> {
         Token::from_hex(&self.token)
+    }
+
+    /// The session's protocol; a file that names none, or one this build does not know,
+    /// reads as the binary protocol.
+    pub fn transport(&self) -> Transport {
+        self.transport
+            .as_deref()
+            .and_then(|name| name.parse().ok())
+            .unwrap_or_default()
     }
 
     pub fn last_seen(&self) -> Option<MessageId> {
@@ -157,6 +176,7 @@ mod tests {
     fn sample() -> Session {
         let mut session = Session::new(
             vec!["127.0.0.1:7070".to_string(), "10.0.0.2:7070".to_string()],
+            Transport::Grpc,
             "alice".to_string(),
             Token([0xab; 16]),
         );
@@ -179,6 +199,8 @@ mod tests {
         assert_eq!(json["token"], "ab".repeat(16));
         assert_eq!(json["username"], "alice");
         assert_eq!(json["last_seen"], 42);
+        assert_eq!(json["transport"], "grpc");
+        assert_eq!(loaded.transport(), Transport::Grpc);
     }
 
     #[cfg(unix)]
@@ -228,6 +250,7 @@ mod tests {
         .unwrap();
         let session = load(&path).unwrap().unwrap();
         assert_eq!(session.last_seen, None);
+        assert_eq!(session.transport(), Transport::Wire);
         assert!(session.token().is_some());
     }
 }

@@ -1,10 +1,11 @@
 //! End-to-end: two people chat through the real `corvid` binary, server and CLI.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{stderr, Server, User};
+use common::{stderr, Server, Transport, User};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
@@ -24,12 +25,18 @@ fn wait_online(asker: &User, who: &str) {
     }
 }
 
-#[test]
-fn two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats() {
+over_both_transports!(
+    two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats,
+    sigterm_shuts_the_server_down_cleanly,
+);
+
+fn two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats(
+    transport: Transport,
+) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
-    let alice = User::new(dir.path(), "alice", &server);
-    let bob = User::new(dir.path(), "bob", &server);
+    let alice = User::new(dir.path(), "alice", &server, transport);
+    let bob = User::new(dir.path(), "bob", &server, transport);
     alice.register();
     bob.register();
     alice.login();
@@ -101,7 +108,7 @@ fn two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats() 
     );
 
     // Users: a glob and a regex, with paging.
-    let carol = User::new(dir.path(), "carol", &server);
+    let carol = User::new(dir.path(), "carol", &server, transport);
     carol.register();
     let page = json(&alice.ok(&["--json", "users", "*", "--limit", "2"]));
     assert_eq!(page["accounts"].as_array().unwrap().len(), 2);
@@ -154,16 +161,54 @@ fn two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats() 
     assert!(stderr(&out).contains("not logged in"), "{}", stderr(&out));
 }
 
-#[test]
-fn sigterm_shuts_the_server_down_cleanly() {
+fn sigterm_shuts_the_server_down_cleanly(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(&dir.path().join("data"));
-    let alice = User::new(dir.path(), "alice", &server);
+    let alice = User::new(dir.path(), "alice", &server, transport);
     alice.register();
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     // And the data is there after a restart.
     let server = Server::start(&dir.path().join("data"));
-    let alice = User::new(dir.path(), "alice", &server);
+    let alice = User::new(dir.path(), "alice", &server, transport);
     alice.login();
+}
+
+#[test]
+fn a_message_sent_over_one_protocol_is_pushed_to_a_listener_on_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let alice = User::new(dir.path(), "alice", &server, Transport::Grpc);
+    let bob = User::new(dir.path(), "bob", &server, Transport::Wire);
+    for user in [&alice, &bob] {
+        user.register();
+        user.login();
+    }
+
+    // gRPC → binary protocol.
+    let bobs = bob.listen();
+    wait_online(&alice, "bob");
+    alice.ok(&["send", "bob", "sent over grpc"]);
+    let pushed = bobs.next();
+    assert_eq!(
+        (pushed["type"].as_str(), pushed["text"].as_str()),
+        (Some("message"), Some("sent over grpc"))
+    );
+    bobs.stop();
+
+    // Binary protocol → gRPC (a receipt for Alice's own message may come first).
+    let alices = alice.listen();
+    wait_online(&bob, "alice");
+    bob.ok(&["send", "alice", "sent over the wire"]);
+    let pushed = loop {
+        let line = alices.next();
+        if line["type"] != "receipt" {
+            break line;
+        }
+    };
+    assert_eq!(
+        (pushed["type"].as_str(), pushed["text"].as_str()),
+        (Some("message"), Some("sent over the wire"))
+    );
+    alices.stop();
 }

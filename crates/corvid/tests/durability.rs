@@ -2,33 +2,37 @@
 //! random moment and restarted, round after round. Afterwards every acknowledged message is
 //! readable exactly once, in the order it was sent.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, PASSWORD};
+use common::{Server, Transport, PASSWORD};
 use corvid_client::{Client, ClientConfig};
 use corvid_core::{MessageId, Token};
 
 const ROUNDS: usize = 20;
 const SENDERS: usize = 3;
 
-async fn client(server: &Server) -> Client {
-    let mut config = ClientConfig::new(&[server.addr.to_string()]);
+async fn client(server: &Server, transport: Transport) -> Client {
+    let mut config = ClientConfig::new(&[server.address(transport).to_string()]);
+    config.transport = transport.client();
     // A killed server must fail the call quickly, not be retried for long.
     config.max_attempts = 1;
     config.request_timeout = Duration::from_secs(5);
     Client::connect_with(config).await.expect("connect")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
+over_both_transports!(acknowledged_messages_survive_sigkill_exactly_once_and_in_order);
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data);
-    let setup = client(&server).await;
+    let setup = client(&server, transport).await;
     setup.create_account("reader", "", PASSWORD).await.unwrap();
     let mut tokens: Vec<Token> = Vec::new();
     for i in 0..SENDERS {
@@ -43,7 +47,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
     let mut next_seq = [0u64; SENDERS];
     let mut rng_state: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..ROUNDS {
-        let conn = client(&server).await;
+        let conn = client(&server, transport).await;
         let mut tasks = Vec::new();
         for (sender, token) in tokens.iter().copied().enumerate() {
             let (conn, acked) = (conn.clone(), acked.clone());
@@ -75,7 +79,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
     }
 
     // Read the whole conversation back, page by page, oldest first.
-    let conn = client(&server).await;
+    let conn = client(&server, transport).await;
     let reader = conn.login("reader", PASSWORD).await.unwrap().token;
     let mut stored: HashMap<usize, Vec<u64>> = HashMap::new();
     let mut total = 0;

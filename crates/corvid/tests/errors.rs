@@ -1,19 +1,21 @@
 //! End-to-end: every error path reaches the CLI user as one clear line and a non-zero exit.
 
+#[macro_use]
 mod common;
 
-use common::{stderr, Server, User, PASSWORD};
+use common::{stderr, Server, Transport, User, PASSWORD};
 
-#[test]
-fn every_error_is_one_clear_line_with_its_code() {
+over_both_transports!(every_error_is_one_clear_line_with_its_code);
+
+fn every_error_is_one_clear_line_with_its_code(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with(&dir.path().join("data"), &["--config", "/dev/null"], &[]);
-    let alice = User::new(dir.path(), "alice", &server);
-    let bob = User::new(dir.path(), "bob", &server);
+    let alice = User::new(dir.path(), "alice", &server, transport);
+    let bob = User::new(dir.path(), "bob", &server, transport);
     alice.register();
     bob.register();
     alice.login();
-    let stranger = User::new(dir.path(), "stranger", &server);
+    let stranger = User::new(dir.path(), "stranger", &server, transport);
     let long_text = "x".repeat(5000);
 
     // (who, args, stdin, expected code in the line, exit code)
@@ -119,6 +121,7 @@ fn every_error_is_one_clear_line_with_its_code() {
         name: "x".into(),
         session: dir.path().join("nowhere.json"),
         server: format!("127.0.0.1:{port}"),
+        transport,
     };
     let output = nowhere.run_with_input(
         &["--password-stdin", "login", "x"],

@@ -1,8 +1,9 @@
 //! No plaintext password is ever written: not in the data directory, not in the logs.
 
+#[macro_use]
 mod common;
 
-use common::{Server, User};
+use common::{Server, Transport, User};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -21,13 +22,14 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
-fn passwords_never_reach_the_disk_or_the_logs() {
+over_both_transports!(passwords_never_reach_the_disk_or_the_logs);
+
+fn passwords_never_reach_the_disk_or_the_logs(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let password = "Plaintext-Secret-4711";
     let mut server = Server::start_with(&data, &[], &[("RUST_LOG", "trace")]);
-    let user = User::new(dir.path(), "alice", &server);
+    let user = User::new(dir.path(), "alice", &server, transport);
     let stdin = format!("{password}\n");
     assert!(user
         .run_with_input(&["--password-stdin", "register", "alice"], &stdin)

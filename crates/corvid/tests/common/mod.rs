@@ -11,6 +11,51 @@ use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// The protocol a test's clients speak. Every end-to-end scenario runs over both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Wire,
+    Grpc,
+}
+
+impl Transport {
+    /// The value of `--transport`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Wire => "wire",
+            Transport::Grpc => "grpc",
+        }
+    }
+
+    pub fn client(self) -> corvid_client::Transport {
+        match self {
+            Transport::Wire => corvid_client::Transport::Wire,
+            Transport::Grpc => corvid_client::Transport::Grpc,
+        }
+    }
+}
+
+/// Runs each scenario `fn(Transport)` as two tests, `<scenario>::wire` and
+/// `<scenario>::grpc`.
+#[allow(unused_macros)]
+macro_rules! over_both_transports {
+    ($($scenario:ident),+ $(,)?) => {
+        $(
+            mod $scenario {
+                #[test]
+                fn wire() {
+                    super::$scenario($crate::common::Transport::Wire);
+                }
+
+                #[test]
+                fn grpc() {
+                    super::$scenario($crate::common::Transport::Grpc);
+                }
+            }
+        )+
+    };
+}
+
 pub fn corvid() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_corvid"));
     command
@@ -106,25 +151,37 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The address that clients of `transport` connect to.
+    pub fn address(&self, transport: Transport) -> SocketAddr {
+        match transport {
+            Transport::Wire => self.addr,
+            Transport::Grpc => self.grpc,
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
-/// A user of the CLI: its own session file, talking to one server.
+/// A user of the CLI: its own session file, talking to one server over one protocol.
 pub struct User {
     pub name: String,
     pub session: PathBuf,
     pub server: String,
+    pub transport: Transport,
 }
 
 impl User {
-    pub fn new(dir: &Path, name: &str, server: &Server) -> User {
+    pub fn new(dir: &Path, name: &str, server: &Server, transport: Transport) -> User {
         User {
             name: name.into(),
             session: dir.join(format!("{name}.session.json")),
-            server: server.addr.to_string(),
+            server: server.address(transport).to_string(),
+            transport,
         }
     }
 
@@ -133,6 +190,8 @@ impl User {
         command
             .arg("--server")
             .arg(&self.server)
+            .arg("--transport")
+            .arg(self.transport.name())
             .arg("--session")
             .arg(&self.session)
             .args(args);
