@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, Transport};
 use crate::events::{EventRouter, Events};
+use crate::tls::TlsConfig;
 use crate::ClientError;
 
 /// How a [`Client`] connects, waits and retries.
@@ -21,6 +22,8 @@ pub struct ClientConfig {
     pub servers: Vec<String>,
     /// The protocol: the binary protocol unless told otherwise.
     pub transport: Transport,
+    /// TLS to every server, checked against this CA; `None` for plain TCP.
+    pub tls: Option<TlsConfig>,
     /// How long one attempt of a request may wait for its answer.
     pub request_timeout: Duration,
     /// How long a TCP connect plus handshake may take.
@@ -43,6 +46,7 @@ impl ClientConfig {
         ClientConfig {
             servers: servers.to_vec(),
             transport: Transport::Wire,
+            tls: None,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             max_attempts: rounds.max(8),
@@ -103,15 +107,7 @@ impl Client {
         let router = Arc::new(EventRouter::new());
         let mut last_error = ClientError::NoServers;
         for (index, address) in config.servers.iter().enumerate() {
-            match Connection::open(
-                config.transport,
-                address,
-                config.connect_timeout,
-                config.max_frame_len,
-                router.clone(),
-            )
-            .await
-            {
+            match Connection::open(&config, address, router.clone()).await {
                 Ok(connection) => {
                     let link = Link {
                         current: Some(Arc::new(connection)),
@@ -220,15 +216,7 @@ impl Client {
             link.server = (link.server + 1) % config.servers.len();
         }
         let address = &config.servers[link.server];
-        match Connection::open(
-            config.transport,
-            address,
-            config.connect_timeout,
-            config.max_frame_len,
-            self.inner.router.clone(),
-        )
-        .await
-        {
+        match Connection::open(config, address, self.inner.router.clone()).await {
             Ok(connection) => {
                 let connection = Arc::new(connection);
                 link.current = Some(connection.clone());

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::EventRouter;
 use crate::grpc::GrpcConnection;
 use crate::wire::WireConnection;
-use crate::ClientError;
+use crate::{ClientConfig, ClientError};
 
 /// Which protocol a client speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -66,18 +66,18 @@ pub(crate) enum Connection {
 impl Connection {
     /// Connects to `address` with `transport`; events go to `router`.
     pub(crate) async fn open(
-        transport: Transport,
+        config: &ClientConfig,
         address: &str,
-        connect_timeout: Duration,
-        max_frame_len: usize,
         router: Arc<EventRouter>,
     ) -> Result<Connection, ClientError> {
-        Ok(match transport {
+        let tls = config.tls.as_ref();
+        let (timeout, max_frame_len) = (config.connect_timeout, config.max_frame_len);
+        Ok(match config.transport {
             Transport::Wire => Connection::Wire(
-                WireConnection::open(address, connect_timeout, max_frame_len, router).await?,
+                WireConnection::open(address, tls, timeout, max_frame_len, router).await?,
             ),
             Transport::Grpc => Connection::Grpc(
-                GrpcConnection::open(address, connect_timeout, max_frame_len, router).await?,
+                GrpcConnection::open(address, tls, timeout, max_frame_len, router).await?,
             ),
         })
     }

@@ -23,6 +23,9 @@ pub enum ClientError {
     /// The client was given no server address.
     #[error("no server address given")]
     NoServers,
+    /// The TLS settings cannot work (an unreadable CA file, a bad server name).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -43,7 +46,10 @@ impl ClientError {
                 ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::TooManyConnections
             ),
             ClientError::Io(_) | ClientError::Closed => true,
-            ClientError::Protocol(_) | ClientError::Timeout | ClientError::NoServers => false,
+            ClientError::Protocol(_)
+            | ClientError::Timeout
+            | ClientError::NoServers
+            | ClientError::Tls(_) => false,
         }
     }
 

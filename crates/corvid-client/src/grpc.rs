@@ -14,10 +14,11 @@ use corvid_grpc::convert::{Call, RpcResponse, StreamItem};
 use corvid_grpc::pb;
 use corvid_grpc::pb::chat_client::ChatClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 use crate::events::EventRouter;
+use crate::tls::TlsConfig;
 use crate::ClientError;
 
 type Reply = Result<Response, ClientError>;
@@ -38,14 +39,25 @@ impl GrpcConnection {
     /// unreachable server fails here, as it does for the binary protocol.
     pub(crate) async fn open(
         address: &str,
+        tls: Option<&TlsConfig>,
         connect_timeout: Duration,
         max_frame_len: usize,
         router: Arc<EventRouter>,
     ) -> Result<GrpcConnection, ClientError> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|err| invalid_address(address, err))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            let name = tls.server_name(address)?.to_str().into_owned();
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .domain_name(name);
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|err| ClientError::Tls(format!("{address}: {}", error_chain(&err))))?;
+        }
         let channel = tokio::time::timeout(connect_timeout, endpoint.connect())
             .await
             .map_err(|_| {
@@ -234,6 +246,14 @@ fn error(status: Status) -> ClientError {
         // Connection refused or reset, a dropped channel: the transport, not the request.
         Code::Unavailable | Code::Cancelled | Code::Unknown => {
             ClientError::Io(std::io::Error::other(status_text(&status)))
+        }
+        // What a plain HTTP/2 client reads from a TLS listener (or from something that is
+        // not gRPC at all): the connection, not the request, is wrong.
+        Code::Internal if status_text(&status).contains("h2 protocol error") => {
+            ClientError::Io(std::io::Error::other(format!(
+                "the server does not speak plain gRPC here (does it want TLS?): {}",
+                status.message()
+            )))
         }
         _ => ClientError::Protocol(status_text(&status)),
     }

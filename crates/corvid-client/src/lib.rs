@@ -27,6 +27,7 @@ mod connection;
 mod error;
 mod events;
 mod grpc;
+mod tls;
 mod wire;
 
 pub use calls::{LoggedIn, Sent};
@@ -34,3 +35,4 @@ pub use client::{Client, ClientConfig, Subscription};
 pub use connection::Transport;
 pub use error::ClientError;
 pub use events::{EventItem, Events};
+pub use tls::TlsConfig;

@@ -12,14 +12,20 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use corvid_core::{ApiError, Request, Response};
 use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, HELLO_LEN};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventRouter;
+use crate::tls::TlsConfig;
 use crate::ClientError;
+
+/// A byte stream to a server: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type BoxedStream = Box<dyn Stream>;
 
 /// How many encoded requests may queue for the writer before callers wait.
 const OUTGOING_QUEUE: usize = 1024;
@@ -57,11 +63,12 @@ impl WireConnection {
     /// Connects to `address`, does the handshake and starts the connection task.
     pub(crate) async fn open(
         address: &str,
+        tls: Option<&TlsConfig>,
         connect_timeout: Duration,
         max_frame_len: usize,
         router: Arc<EventRouter>,
     ) -> Result<WireConnection, ClientError> {
-        let stream = tokio::time::timeout(connect_timeout, connect(address))
+        let stream = tokio::time::timeout(connect_timeout, connect(address, tls))
             .await
             .map_err(|_| {
                 ClientError::Io(std::io::Error::new(
@@ -69,7 +76,7 @@ impl WireConnection {
                     format!("{address}: no answer within {connect_timeout:?}"),
                 ))
             })??;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = tokio::io::split(stream);
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let pending = Arc::new(Mutex::new(Pending {
             waiters: HashMap::new(),
@@ -158,17 +165,37 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-async fn connect(address: &str) -> Result<TcpStream, ClientError> {
+async fn connect(address: &str, tls: Option<&TlsConfig>) -> Result<BoxedStream, ClientError> {
     let with_address =
         |err: std::io::Error| std::io::Error::new(err.kind(), format!("{address}: {err}"));
-    let mut stream = TcpStream::connect(address).await.map_err(with_address)?;
-    stream.set_nodelay(true).map_err(with_address)?;
+    let tcp = TcpStream::connect(address).await.map_err(with_address)?;
+    tcp.set_nodelay(true).map_err(with_address)?;
+    let mut stream: BoxedStream = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let name = tls.server_name(address)?;
+            let stream = tls.connector()?.connect(name, tcp).await.map_err(|err| {
+                std::io::Error::new(err.kind(), format!("{address}: TLS handshake: {err}"))
+            })?;
+            Box::new(stream)
+        }
+    };
     stream
         .write_all(&ClientHello::CURRENT.encode())
         .await
         .map_err(with_address)?;
     let mut answer = [0u8; HELLO_LEN];
-    stream.read_exact(&mut answer).await.map_err(with_address)?;
+    stream.read_exact(&mut answer).await.map_err(|err| {
+        if tls.is_none() && err.kind() == std::io::ErrorKind::UnexpectedEof {
+            // A TLS listener hangs up on a plain hello: say what probably happened.
+            std::io::Error::new(
+                err.kind(),
+                format!("{address}: the server hung up during the handshake (does it want TLS?)"),
+            )
+        } else {
+            with_address(err)
+        }
+    })?;
     let hello = ServerHello::decode(answer)
         .map_err(|err| ClientError::Protocol(format!("{address}: {err}")))?;
     match hello.status {
@@ -197,8 +224,8 @@ struct ConnectionTask {
 impl ConnectionTask {
     async fn run(
         mut self,
-        reader: OwnedReadHalf,
-        writer: OwnedWriteHalf,
+        reader: ReadHalf<BoxedStream>,
+        writer: WriteHalf<BoxedStream>,
         queue: mpsc::Receiver<Bytes>,
         closed: CancellationToken,
     ) {
@@ -227,7 +254,7 @@ impl ConnectionTask {
     }
 
     /// Reads and routes frames until the server closes or breaks the protocol.
-    async fn read_frames(&mut self, mut reader: OwnedReadHalf) -> Result<(), String> {
+    async fn read_frames(&mut self, mut reader: ReadHalf<BoxedStream>) -> Result<(), String> {
         let mut buffer = BytesMut::with_capacity(16 * 1024);
         loop {
             loop {
@@ -285,7 +312,7 @@ impl ConnectionTask {
 
 /// Writes queued requests, gathering those already queued into one write.
 async fn write_requests(
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteHalf<BoxedStream>,
     mut queue: mpsc::Receiver<Bytes>,
 ) -> Result<(), String> {
     let mut batch = BytesMut::new();

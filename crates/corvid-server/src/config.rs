@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: Limits,
     pub sessions: Sessions,
     pub log: Log,
+    pub tls: Tls,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,26 @@ pub struct Sessions {
     pub single_session: bool,
 }
 
+/// TLS for both listeners (the binary protocol and gRPC). Without a certificate and key
+/// both speak plain TCP, which suits loopback; give both to serve TLS only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the server's certificate, followed by any intermediates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl Tls {
+    /// The certificate and key files, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
@@ -87,6 +108,7 @@ impl Default for Config {
             limits: Limits::default(),
             sessions: Sessions::default(),
             log: Log::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -177,6 +199,9 @@ impl Config {
         if self.sessions.idle_timeout_secs == 0 || self.sessions.max_lifetime_secs == 0 {
             return fail("session timeouts must be positive");
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return fail("tls.cert and tls.key go together: give both or neither");
+        }
         Ok(())
     }
 
@@ -261,6 +286,19 @@ mod tests {
         let grpc = config.grpc_listen.expect("gRPC is on by default");
         assert_eq!(grpc.port(), DEFAULT_GRPC_PORT);
         assert!(grpc.ip().is_loopback());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let config = Config::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.tls.files(),
+            Some((Path::new("c.pem"), Path::new("k.pem")))
+        );
+        let half = Config::from_toml("[tls]\ncert = \"c.pem\"\n").unwrap();
+        assert!(half.validate().is_err());
+        assert_eq!(Config::default().tls.files(), None);
     }
 
     #[test]

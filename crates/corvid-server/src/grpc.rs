@@ -19,6 +19,8 @@ use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
@@ -44,9 +46,15 @@ pub struct ConnectionInfo {
     limiter: Arc<DefaultDirectRateLimiter>,
 }
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// An accepted connection, holding its connection slot for as long as it is open.
 pub struct GrpcConnection {
-    stream: TcpStream,
+    stream: Transport,
     info: ConnectionInfo,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -59,13 +67,29 @@ impl Connected for GrpcConnection {
     }
 }
 
+/// Runs `$body` with `$io` bound to the pinned stream, whichever transport it is.
+macro_rules! with_stream {
+    ($connection:expr, $io:ident => $body:expr) => {
+        match &mut $connection.stream {
+            Transport::Plain(stream) => {
+                let $io = Pin::new(stream);
+                $body
+            }
+            Transport::Tls(stream) => {
+                let $io = Pin::new(stream.as_mut());
+                $body
+            }
+        }
+    };
+}
+
 impl AsyncRead for GrpcConnection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        with_stream!(self, io => io.poll_read(cx, buf))
     }
 }
 
@@ -75,15 +99,15 @@ impl AsyncWrite for GrpcConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        with_stream!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        with_stream!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        with_stream!(self, io => io.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -91,24 +115,29 @@ impl AsyncWrite for GrpcConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        with_stream!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Transport::Plain(stream) => stream.is_write_vectored(),
+            Transport::Tls(stream) => stream.is_write_vectored(),
+        }
     }
 }
 
-/// Serves gRPC on `listener` until `shutdown` is cancelled; then live `Subscribe` streams
-/// end and the server stops once the open calls are answered.
+/// Serves gRPC on `listener` (inside TLS with `tls`, whose ALPN must offer `h2`) until
+/// `shutdown` is cancelled; then live `Subscribe` streams end and the server stops once
+/// the open calls are answered.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     service: Arc<Service>,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
     let (accepted, mut incoming) = mpsc::channel::<io::Result<GrpcConnection>>(ACCEPT_QUEUE);
-    let accepting = accept(listener, limits.clone(), accepted, shutdown.clone());
+    let accepting = accept(listener, tls, limits.clone(), accepted, shutdown.clone());
     let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx));
 
     let chat = ChatServer::new(GrpcFrontend {
@@ -140,14 +169,17 @@ pub async fn serve(
 }
 
 /// Accepts connections and hands them to the HTTP/2 server, each with its slot and rate
-/// limiter, until `shutdown`.
+/// limiter, until `shutdown`. TLS handshakes run in their own tasks, so a slow client
+/// does not hold up the others.
 async fn accept(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     limits: Limits,
     accepted: mpsc::Sender<io::Result<GrpcConnection>>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshake_timeout = Duration::from_secs(limits.handshake_timeout_secs);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -166,17 +198,35 @@ async fn accept(
         if permit.is_none() {
             tracing::debug!(%peer, "no room for another gRPC connection");
         }
-        let connection = GrpcConnection {
-            stream,
-            info: ConnectionInfo {
-                admitted: permit.is_some(),
-                limiter: Arc::new(RateLimiter::direct(limits.rate_quota())),
-            },
-            _permit: permit,
+        let info = ConnectionInfo {
+            admitted: permit.is_some(),
+            limiter: Arc::new(RateLimiter::direct(limits.rate_quota())),
         };
-        if accepted.send(Ok(connection)).await.is_err() {
-            return;
-        }
+        let Some(tls) = tls.clone() else {
+            let connection = GrpcConnection {
+                stream: Transport::Plain(stream),
+                info,
+                _permit: permit,
+            };
+            if accepted.send(Ok(connection)).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let connection = GrpcConnection {
+                stream: Transport::Tls(Box::new(stream)),
+                info,
+                _permit: permit,
+            };
+            let _ = accepted.send(Ok(connection)).await;
+        });
     }
 }
 

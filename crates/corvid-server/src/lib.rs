@@ -10,6 +10,7 @@ pub mod hub;
 mod password;
 pub mod service;
 pub mod tcp;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,12 @@ pub struct ServeArgs {
     /// Address of the gRPC listener, or `off` [default: 127.0.0.1:7071].
     #[arg(long, value_name = "ADDR|off")]
     pub grpc_listen: Option<OptionalAddress>,
+    /// PEM certificate (chain) for TLS on both listeners; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// End older sessions of an account when it logs in again.
     #[arg(long)]
     pub single_session: bool,
@@ -61,6 +68,10 @@ impl ServeArgs {
         }
         if self.single_session {
             config.sessions.single_session = true;
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls.cert = Some(cert.clone());
+            config.tls.key = Some(key.clone());
         }
         config.validate()?;
         Ok(config)
@@ -111,6 +122,9 @@ impl RunningServer {
 /// Opens the data directory, starts the node and the listeners.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    // Read before anything listens, so that a bad certificate stops the start.
+    let wire_tls = tls::acceptor(&config.tls, &[])?;
+    let grpc_tls = tls::acceptor(&config.tls, &[tls::ALPN_H2])?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let listener = TcpListener::bind(config.listen)
@@ -153,6 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let shutdown = CancellationToken::new();
     let wire = tokio::spawn(tcp::serve(
         listener,
+        wire_tls,
         service.clone(),
         config.limits.clone(),
         shutdown.clone(),
@@ -160,12 +175,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let grpc = grpc_listener.map(|listener| {
         tokio::spawn(grpc::serve(
             listener,
+            grpc_tls,
             service.clone(),
             config.limits.clone(),
             shutdown.clone(),
         ))
     });
-    tracing::info!(%wire_addr, ?grpc_addr, data_dir = %config.data_dir.display(), "corvid is serving");
+    let tls_on = config.tls.files().is_some();
+    tracing::info!(%wire_addr, ?grpc_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
     Ok(RunningServer {
         wire_addr,
         grpc_addr,

@@ -3,7 +3,7 @@
 //! Each connection is one task. Requests are read as they arrive and served concurrently
 //! (up to `max_in_flight`), and their answers are written in request order; pushed events
 //! of a subscription are written between answers. The task flushes once per burst of
-//! ready frames, not once per frame.
+//! ready frames, not once per frame. With TLS on, the protocol runs inside a TLS session.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +15,7 @@ use governor::RateLimiter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,8 +45,10 @@ type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
 const EVENT_BURST: usize = 64;
 
 /// Accepts connections on `listener` until `shutdown` is cancelled, then closes them all.
+/// With `tls`, every connection starts with a TLS handshake, and the protocol runs inside.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     service: Arc<Service>,
     limits: Limits,
     shutdown: CancellationToken,
@@ -70,8 +73,22 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let permit = connections.clone().try_acquire_owned().ok();
         let (service, limits, shutdown) = (service.clone(), limits.clone(), shutdown.clone());
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let result = connection(stream, service, &limits, permit.is_some(), shutdown).await;
+            let admitted = permit.is_some();
+            let result = match tls {
+                None => connection(stream, service, &limits, admitted, shutdown).await,
+                Some(tls) => {
+                    let timeout = std::time::Duration::from_secs(limits.handshake_timeout_secs);
+                    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            connection(stream, service, &limits, admitted, shutdown).await
+                        }
+                        Ok(Err(err)) => Err(ConnectionError::Handshake(format!("TLS: {err}"))),
+                        Err(_) => Err(ConnectionError::Handshake("TLS timed out".into())),
+                    }
+                }
+            };
             if let Err(err) = result {
                 tracing::debug!(%peer, %err, "connection ended with an error");
             }

@@ -42,6 +42,13 @@ pub struct GlobalArgs {
     /// Protocol to speak [default: the session's, else wire]
     #[arg(long, global = true, env = "CORVID_TRANSPORT", value_enum)]
     pub transport: Option<TransportArg>,
+    /// Speak TLS, trusting the CA certificate(s) in this PEM file [default: the
+    /// session's, else plain TCP]
+    #[arg(long, global = true, env = "CORVID_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of the address]
+    #[arg(long, global = true, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
     /// Session file [default: <config dir>/corvid/session.json]
     #[arg(long, global = true, env = "CORVID_SESSION", value_name = "FILE")]
     pub session: Option<PathBuf>,
@@ -323,6 +330,21 @@ mod tests {
         let cli = parse(&["--transport", "wire", "read"]).unwrap();
         assert_eq!(cli.global.transport, Some(TransportArg::Wire));
         assert!(parse(&["read", "--transport", "carrier-pigeon"]).is_err());
+    }
+
+    #[test]
+    fn tls_takes_a_ca_file_and_optionally_a_name() {
+        let cli = parse(&[
+            "read",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-server-name",
+            "chat.local",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.tls_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(cli.global.tls_server_name.as_deref(), Some("chat.local"));
+        assert!(parse(&["read", "--tls-server-name", "chat.local"]).is_err());
     }
 
     #[test]

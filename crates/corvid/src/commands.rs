@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use corvid_client::{Client, ClientConfig, ClientError, Subscription, Transport};
+use corvid_client::{Client, ClientConfig, ClientError, Subscription, TlsConfig, Transport};
 use corvid_core::{ErrorCode, Event, MessageId, PatternSyntax, Token};
 use serde_json::{json, Value};
 
@@ -13,10 +13,12 @@ use crate::output;
 use crate::password::{self, Source};
 use crate::session::{self, Session};
 
-/// The servers a command talks to, and the protocol.
+/// The servers a command talks to, the protocol, and TLS.
 struct Target {
     transport: Transport,
     servers: Vec<String>,
+    tls_ca: Option<PathBuf>,
+    tls_server_name: Option<String>,
 }
 
 /// What every command needs: the global flags and where the session lives.
@@ -36,7 +38,8 @@ impl Context {
 
     /// Where to connect and how: `--transport`, else the session's transport, else the
     /// binary protocol; `--server`, else the session's servers if they speak that
-    /// transport, else the transport's default address on this machine.
+    /// transport, else the transport's default address on this machine; `--tls-ca` (and
+    /// `--tls-server-name`), else the session's, else plain TCP.
     fn target(&self, session: Option<&Session>) -> Target {
         let transport = self
             .global
@@ -54,12 +57,27 @@ impl Context {
                     .filter(|servers| !servers.is_empty())
             })
             .unwrap_or_else(|| vec![transport.default_server().to_string()]);
-        Target { transport, servers }
+        let (tls_ca, tls_server_name) = match &self.global.tls_ca {
+            Some(ca) => (Some(ca.clone()), self.global.tls_server_name.clone()),
+            None => match session {
+                Some(session) => (session.tls_ca.clone(), session.tls_server_name.clone()),
+                None => (None, None),
+            },
+        };
+        Target {
+            transport,
+            servers,
+            tls_ca,
+            tls_server_name,
+        }
     }
 
     async fn connect(&self, target: &Target) -> Result<Client, CliError> {
         let mut config = ClientConfig::new(&target.servers);
         config.transport = target.transport;
+        if let Some(ca) = &target.tls_ca {
+            config.tls = Some(TlsConfig::from_ca_file(ca, target.tls_server_name.clone())?);
+        }
         Ok(Client::connect_with(config).await?)
     }
 
@@ -205,6 +223,11 @@ async fn login(ctx: &Context, name: &str) -> Result<(), CliError> {
         logged_in.username.clone(),
         logged_in.token,
     );
+    // A relative CA path would break when the next command runs elsewhere.
+    new_session.tls_ca = target
+        .tls_ca
+        .map(|ca| std::path::absolute(&ca).unwrap_or(ca));
+    new_session.tls_server_name = target.tls_server_name;
     // Message ids only grow, so the same user's `listen` can resume where it was.
     if let Some(existing) = existing {
         if existing.username.eq_ignore_ascii_case(&logged_in.username) {

@@ -73,6 +73,7 @@ impl CliError {
                 ClientError::Api(_) | ClientError::Io(_) | ClientError::NoServers => {
                     "connection_failed"
                 }
+                ClientError::Tls(_) => "tls",
             },
             CliError::Usage(_) => "usage",
             CliError::Local { code, .. } => code,
@@ -117,6 +118,7 @@ impl From<ClientError> for CliError {
         match error {
             ClientError::Api(error) => CliError::Api(error),
             ClientError::NoServers => CliError::usage("no server address given"),
+            ClientError::Tls(message) => CliError::local("tls", message),
             other => CliError::Connection(other),
         }
     }

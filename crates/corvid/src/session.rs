@@ -18,6 +18,12 @@ pub struct Session {
     /// The protocol the session was opened with, `wire` or `grpc` (absent: wire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// The CA file the session was opened with, if it speaks TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// The server name its certificates were checked against, if not the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     pub username: String,
     /// The session token, 32 hexadecimal digits. A credential.
     pub token: String,
@@ -36,6 +42,8 @@ impl Session {
         Session {
             servers,
             transport: Some(transport.name().to_string()),
+            tls_ca: None,
+            tls_server_name: None,
             username,
             token: token.to_hex(),
             last_seen: None,

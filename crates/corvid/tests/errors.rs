@@ -122,6 +122,7 @@ fn every_error_is_one_clear_line_with_its_code(transport: Transport) {
         session: dir.path().join("nowhere.json"),
         server: format!("127.0.0.1:{port}"),
         transport,
+        tls_ca: None,
     };
     let output = nowhere.run_with_input(
         &["--password-stdin", "login", "x"],

@@ -173,6 +173,8 @@ pub struct User {
     pub session: PathBuf,
     pub server: String,
     pub transport: Transport,
+    /// `--tls-ca`, to speak TLS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl User {
@@ -182,7 +184,14 @@ impl User {
             session: dir.join(format!("{name}.session.json")),
             server: server.address(transport).to_string(),
             transport,
+            tls_ca: None,
         }
+    }
+
+    /// The same user speaking TLS, trusting the CA in `ca`.
+    pub fn with_tls_ca(mut self, ca: &Path) -> User {
+        self.tls_ca = Some(ca.to_path_buf());
+        self
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -193,8 +202,11 @@ impl User {
             .arg("--transport")
             .arg(self.transport.name())
             .arg("--session")
-            .arg(&self.session)
-            .args(args);
+            .arg(&self.session);
+        if let Some(ca) = &self.tls_ca {
+            command.arg("--tls-ca").arg(ca);
+        }
+        command.args(args);
         command
     }
 
