@@ -1,0 +1,335 @@
+//! `corvid-bench`: runs a workload against a Corvid server (one it starts, or `--server`),
+//! prints a table and a JSON line per run, appends the line to the results file, and
+//! exits non-zero when a message was lost or duplicated (or the run failed otherwise).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use corvid_bench::report::{self, Report};
+use corvid_bench::target::{ServerOptions, StartedServer, Target, Transport};
+use corvid_bench::workload::connections::{self, ConnectionsParams};
+use corvid_bench::workload::offline::{self, OfflineParams};
+use corvid_bench::workload::online::{self, OnlineParams};
+use corvid_bench::workload::recovery::{self, RecoveryParams};
+use corvid_bench::workload::Common;
+
+#[derive(Debug, Parser)]
+#[command(name = "corvid-bench", version, about = "Load generator for Corvid")]
+struct Cli {
+    /// Load a running server at this address instead of starting one.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// The pid of the `--server`, to read its memory and CPU time from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// The `corvid` binary to start [default: `corvid` next to this binary].
+    #[arg(long, global = true)]
+    corvid: Option<PathBuf>,
+    /// The protocol the load uses.
+    #[arg(long, global = true, value_enum, default_value = "wire")]
+    transport: Transport,
+    /// Seconds after which the measured part of a run stops, finished or not.
+    #[arg(long, global = true, default_value_t = 300)]
+    deadline: u64,
+    /// Bytes of text per message.
+    #[arg(long, global = true, default_value_t = 64)]
+    text_bytes: usize,
+    /// Where each run's JSON line is appended.
+    #[arg(long, global = true, default_value = "bench-results.jsonl")]
+    results: PathBuf,
+    /// A note stored with each result (e.g. the commit measured).
+    #[arg(long, global = true)]
+    label: Option<String>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// U users connected; each sends M messages to random others, W unacknowledged at most.
+    Online {
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+    },
+    /// R recipients offline while S senders send K each; then the recipients drain.
+    Offline {
+        #[arg(long, default_value_t = 100)]
+        recipients: usize,
+        #[arg(long, default_value_t = 100)]
+        senders: usize,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+    },
+    /// 2 users, window 1: the latency floor.
+    Unloaded {
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+    },
+    /// N idle logged-in (subscribed) connections: server memory per connection.
+    Connections {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Accounts whose sessions the connections share (each login costs a hash).
+        #[arg(long, default_value_t = 100)]
+        accounts: usize,
+    },
+    /// Store N messages, restart the server, time until it serves a request again.
+    Recovery {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 50)]
+        senders: usize,
+        #[arg(long, default_value_t = 50)]
+        recipients: usize,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Kill the server with SIGKILL instead of stopping it with SIGTERM.
+        #[arg(long)]
+        crash: bool,
+    },
+    /// Every workload with its defaults, one after the other, each on a fresh server.
+    All,
+    /// Write-and-fsync loop in DIR: the disk's durable commits per second.
+    Fsync {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Draws the latest result of each workload in RESULTS as an SVG.
+    Plot { results: PathBuf, output: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("corvid-bench: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("corvid-bench: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command; `Ok(false)` when a run found a problem.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Workload::Plot { results, output } = &cli.command {
+        let lines = std::fs::read_to_string(results)
+            .with_context(|| format!("cannot read {}", results.display()))?;
+        std::fs::write(output, corvid_bench::plot::svg(&lines))
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        println!("wrote {}", output.display());
+        return Ok(true);
+    }
+    if let Workload::Fsync { count, dir } = &cli.command {
+        let report = corvid_bench::disk::fsync_loop(dir, *count)?;
+        let context = report::context("none", "none", cli.label.as_deref());
+        let line = report.to_json(&context);
+        print!("{}", report.table());
+        println!("{line}");
+        report::append(&cli.results, &line)
+            .with_context(|| format!("cannot append to {}", cli.results.display()))?;
+        return Ok(report.passed());
+    }
+    if cli.transport == Transport::Grpc {
+        anyhow::bail!(
+            "--transport grpc: the client library in this build speaks only the binary protocol"
+        );
+    }
+    corvid_bench::target::raise_fd_limit();
+    let options = cli_view(&cli);
+    let workloads = match cli.command {
+        Workload::All => vec![
+            Workload::Unloaded { messages: 2000 },
+            Workload::Online {
+                users: 200,
+                messages: 200,
+                window: 16,
+            },
+            Workload::Offline {
+                recipients: 100,
+                senders: 100,
+                messages: 100,
+                window: 16,
+            },
+            Workload::Connections {
+                connections: 10_000,
+                accounts: 100,
+            },
+            Workload::Recovery {
+                messages: 1_000_000,
+                senders: 50,
+                recipients: 50,
+                window: 64,
+                crash: false,
+            },
+        ],
+        one => vec![one],
+    };
+    let mut all_passed = true;
+    for workload in workloads {
+        let report = run_one(&options, workload).await?;
+        all_passed &= report.passed();
+    }
+    Ok(all_passed)
+}
+
+/// The global options, apart from the subcommand.
+struct Options {
+    server: Option<String>,
+    server_pid: Option<u32>,
+    corvid: Option<PathBuf>,
+    transport: Transport,
+    common: Common,
+    results: PathBuf,
+    label: Option<String>,
+}
+
+fn cli_view(cli: &Cli) -> Options {
+    Options {
+        server: cli.server.clone(),
+        server_pid: cli.server_pid,
+        corvid: cli.corvid.clone(),
+        transport: cli.transport,
+        common: Common {
+            deadline: Duration::from_secs(cli.deadline),
+            text_bytes: cli.text_bytes,
+            progress: !cli.quiet,
+        },
+        results: cli.results.clone(),
+        label: cli.label.clone(),
+    }
+}
+
+async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report> {
+    let max_connections = match &workload {
+        Workload::Connections { connections, .. } => connections + 1000,
+        _ => 20_000,
+    };
+    let mut target = match &options.server {
+        Some(addr) => Target::Running {
+            addr: addr.clone(),
+            pid: options.server_pid,
+        },
+        None => Target::Started(Box::new(
+            StartedServer::start(ServerOptions {
+                binary: corvid_binary(options.corvid.as_deref())?,
+                max_connections,
+            })
+            .await?,
+        )),
+    };
+    let common = &options.common;
+    let report = match workload {
+        Workload::Online {
+            users,
+            messages,
+            window,
+        } => {
+            let params = OnlineParams {
+                users,
+                messages,
+                window,
+            };
+            online::run(&target, common, &params, "online").await?
+        }
+        Workload::Unloaded { messages } => {
+            let params = OnlineParams {
+                users: 2,
+                messages,
+                window: 1,
+            };
+            online::run(&target, common, &params, "unloaded").await?
+        }
+        Workload::Offline {
+            recipients,
+            senders,
+            messages,
+            window,
+        } => {
+            let params = OfflineParams {
+                recipients,
+                senders,
+                messages,
+                window,
+            };
+            offline::run(&target, common, &params).await?
+        }
+        Workload::Connections {
+            connections,
+            accounts,
+        } => {
+            connections::run(
+                &target,
+                common,
+                &ConnectionsParams {
+                    connections,
+                    accounts,
+                },
+            )
+            .await?
+        }
+        Workload::Recovery {
+            messages,
+            senders,
+            recipients,
+            window,
+            crash,
+        } => {
+            let params = RecoveryParams {
+                messages,
+                senders,
+                recipients,
+                window,
+                crash,
+            };
+            recovery::run(&mut target, common, &params).await?
+        }
+        Workload::All | Workload::Plot { .. } | Workload::Fsync { .. } => unreachable!("handled by the caller"),
+    };
+    let context = report::context(
+        options.transport.name(),
+        target.kind(),
+        options.label.as_deref(),
+    );
+    let line = report.to_json(&context);
+    print!("{}", report.table());
+    println!("{line}");
+    report::append(&options.results, &line)
+        .with_context(|| format!("cannot append to {}", options.results.display()))?;
+    target.stop().await?;
+    Ok(report)
+}
+
+/// The `corvid` binary: as given, or the one built next to this binary.
+fn corvid_binary(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let me = std::env::current_exe().context("cannot find this binary's path")?;
+    Ok(me.with_file_name("corvid"))
+}

@@ -1,0 +1,301 @@
+//! Where the load goes: a `corvid serve` process this bench starts in a temporary data
+//! directory with limits raised for load, or a server that is already running.
+//!
+//! A started server is a separate process so that its memory (`VmRSS`) and CPU time can
+//! be read from `/proc` apart from the load generator's, and so that `recovery` can stop
+//! and restart it on the same data.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The protocol the load uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// The binary protocol (docs/protocol.md).
+    Wire,
+    /// gRPC. Not in this build of the client library yet.
+    Grpc,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Wire => "wire",
+            Transport::Grpc => "grpc",
+        }
+    }
+}
+
+/// How long a started server may take to print its listening line.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A server under load.
+pub enum Target {
+    Started(Box<StartedServer>),
+    /// A server someone else runs. With its pid, its memory and CPU can still be read.
+    Running {
+        addr: String,
+        pid: Option<u32>,
+    },
+}
+
+impl Target {
+    pub fn addr(&self) -> String {
+        match self {
+            Target::Started(server) => server.addr.clone(),
+            Target::Running { addr, .. } => addr.clone(),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Target::Started(server) => server.child.id(),
+            Target::Running { pid, .. } => *pid,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Started(_) => "started",
+            Target::Running { .. } => "running",
+        }
+    }
+
+    /// The server's resident memory, if its pid is known.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        self.pid().and_then(|pid| rss_bytes(pid).ok())
+    }
+
+    /// CPU seconds (user + system) the server has used, if its pid is known.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.pid().and_then(|pid| cpu_secs(pid).ok())
+    }
+
+    /// Stops a started server; a running one is left alone.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Target::Started(mut server) => server.stop(false).await.map(|_| ()),
+            Target::Running { .. } => Ok(()),
+        }
+    }
+}
+
+/// What a started server is given.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The `corvid` binary.
+    pub binary: PathBuf,
+    /// Most connections the server accepts.
+    pub max_connections: usize,
+}
+
+/// A `corvid serve` child process and its data directory (removed when this is dropped;
+/// the process is killed then too).
+pub struct StartedServer {
+    options: ServerOptions,
+    dir: tempfile::TempDir,
+    child: Child,
+    addr: String,
+}
+
+impl StartedServer {
+    /// Starts a server on a fresh data directory and a free loopback port.
+    pub async fn start(options: ServerOptions) -> anyhow::Result<StartedServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("corvid-bench-")
+            .tempdir()
+            .context("cannot create a data directory")?;
+        let (child, addr) = launch(&options, dir.path(), "127.0.0.1:0").await?;
+        Ok(StartedServer {
+            options,
+            dir,
+            child,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the server: SIGTERM (a clean shutdown) or, with `crash`, SIGKILL. Returns how
+    /// long it took to exit.
+    pub async fn stop(&mut self, crash: bool) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let Some(pid) = self.child.id() else {
+            return Ok(Duration::ZERO);
+        };
+        let signal = if crash { libc::SIGKILL } else { libc::SIGTERM };
+        let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+        // SAFETY: `kill` has no memory effects; `pid` is our own child, not yet reaped.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!(
+                "cannot signal the server: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .context("the server did not exit within 60 s")??;
+        if !crash && !status.success() {
+            bail!(
+                "the server exited with {status}; see {}",
+                self.log_path().display()
+            );
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Starts the server again on the same data and port. Returns when it printed its
+    /// listening line, with the time that took.
+    pub async fn restart(&mut self) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let (child, addr) = launch(&self.options, self.dir.path(), &self.addr).await?;
+        self.child = child;
+        self.addr = addr;
+        Ok(start.elapsed())
+    }
+
+    /// Where the server's log (its stderr) goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+}
+
+/// Writes the config and starts `corvid serve`; returns the child and its address.
+async fn launch(
+    options: &ServerOptions,
+    dir: &Path,
+    listen: &str,
+) -> anyhow::Result<(Child, String)> {
+    let data = dir.join("data");
+    let config_path = dir.join("corvid.toml");
+    // Load comes from few connections at high rates: lift the per-connection limits.
+    let config = format!(
+        "data_dir = {data:?}\nlisten = {listen:?}\n\n[limits]\nmax_connections = {}\n\
+         requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\n\
+         [log]\nlevel = \"warn\"\n",
+        options.max_connections
+    );
+    std::fs::write(&config_path, config).context("cannot write the server config")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .context("cannot open the server log")?;
+    let mut child = Command::new(&options.binary)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it with `cargo build --release -p corvid`, or pass --corvid)",
+                options.binary.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(START_DEADLINE, lines.next_line())
+        .await
+        .context("the server did not start in time")?
+        .context("reading the server's output")?;
+    let Some(line) = line else {
+        bail!(
+            "the server exited before listening; see {}",
+            dir.join("server.log").display()
+        );
+    };
+    // "corvid serving on 127.0.0.1:PORT (data in ...)"
+    let addr = line
+        .strip_prefix("corvid serving on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("unexpected first line from the server: {line}"))?
+        .to_string();
+    // Keep reading so that the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
+
+/// `VmRSS` of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_rss(&status).context("no VmRSS line")
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// User plus system CPU seconds of process `pid` (all its threads).
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 / clock_ticks_per_sec())
+        .context("cannot parse /proc/<pid>/stat")
+}
+
+/// CPU seconds this process has used.
+pub fn own_cpu_secs() -> f64 {
+    cpu_secs(std::process::id()).unwrap_or(0.0)
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Lifts this process's open-file limit to its hard limit (children inherit it).
+pub fn raise_fd_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_parse() {
+        let status = "Name:\tcorvid\nVmPeak:\t 9000 kB\nVmRSS:\t   12345 kB\nThreads: 4\n";
+        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        let stat = "42 (tokio (w) 1) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(own_cpu_secs() >= 0.0);
+    }
+}

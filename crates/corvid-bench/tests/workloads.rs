@@ -1,0 +1,86 @@
+//! The workloads end to end against an in-process server, at toy sizes: they finish by
+//! themselves, count every message once, and report what they measured. Correctness only;
+//! the numbers mean nothing at this size and are not checked.
+
+use std::time::Duration;
+
+use corvid_bench::workload::offline::{self, OfflineParams};
+use corvid_bench::workload::online::{self, OnlineParams};
+use corvid_bench::workload::Common;
+use corvid_bench::Target;
+
+async fn server(dir: &std::path::Path) -> corvid_server::RunningServer {
+    let mut config = corvid_server::Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    };
+    config.limits.requests_per_second = 1_000_000;
+    config.limits.request_burst = 1_000_000;
+    corvid_server::start(config).await.unwrap()
+}
+
+fn common() -> Common {
+    Common {
+        deadline: Duration::from_secs(60),
+        text_bytes: 40,
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_and_unloaded_deliver_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let target = Target::Running {
+        addr: server.wire_addr().to_string(),
+        pid: None,
+    };
+    let params = OnlineParams {
+        users: 3,
+        messages: 20,
+        window: 4,
+    };
+    let report = online::run(&target, &common(), &params, "online")
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.get("delivered").unwrap(), 60);
+    assert_eq!(report.get("lost").unwrap(), 0);
+    assert!(report.get("latency").unwrap()["p50_ms"].as_f64().unwrap() > 0.0);
+
+    let params = OnlineParams {
+        users: 2,
+        messages: 10,
+        window: 1,
+    };
+    let report = online::run(&target, &common(), &params, "unloaded")
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.get("delivered").unwrap(), 20);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_drains_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let target = Target::Running {
+        addr: server.wire_addr().to_string(),
+        pid: None,
+    };
+    let params = OfflineParams {
+        recipients: 2,
+        senders: 2,
+        messages: 30,
+        window: 8,
+    };
+    let report = offline::run(&target, &common(), &params).await.unwrap();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.get("sent").unwrap(), 60);
+    assert_eq!(report.get("delivered").unwrap(), 60);
+    assert!(report.get("drain_per_sec").unwrap().as_f64().unwrap() > 0.0);
+    server.shutdown().await.unwrap();
+}
