@@ -475,16 +475,22 @@ async fn record_deliveries(
         let Some(service) = service.upgrade() else {
             return;
         };
-        for (account, ids) in batch {
-            for chunk in ids.chunks(validate::MAX_IDS) {
-                let command = Command::MarkDelivered {
+        // Proposed all at once, so that the proposer puts them in one log entry: one
+        // fsync for the whole batch, not one per account.
+        let now = now();
+        let writes = batch.into_iter().flat_map(|(account, ids)| {
+            ids.chunks(validate::MAX_IDS)
+                .map(|chunk| Command::MarkDelivered {
                     account,
                     ids: chunk.to_vec(),
-                    now: now(),
-                };
-                if let Err(err) = service.node.write(command).await {
-                    tracing::warn!(%err, "could not record deliveries");
-                }
+                    now,
+                })
+                .collect::<Vec<_>>()
+        });
+        let results = futures::future::join_all(writes.map(|command| service.node.write(command)));
+        for result in results.await {
+            if let Err(err) = result {
+                tracing::warn!(%err, "could not record deliveries");
             }
         }
     }
