@@ -20,7 +20,8 @@ use corvid_bench::workload::Common;
 #[derive(Debug, Parser)]
 #[command(name = "corvid-bench", version, about = "Load generator for Corvid")]
 struct Cli {
-    /// Load a running server at this address instead of starting one.
+    /// Load a running server at this address (its binary-protocol or gRPC address, as
+    /// `--transport` says) instead of starting one.
     #[arg(long, global = true)]
     server: Option<String>,
     /// The pid of the `--server`, to read its memory and CPU time from /proc.
@@ -155,11 +156,6 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .with_context(|| format!("cannot append to {}", cli.results.display()))?;
         return Ok(report.passed());
     }
-    if cli.transport == Transport::Grpc {
-        anyhow::bail!(
-            "--transport grpc: the client library in this build speaks only the binary protocol"
-        );
-    }
     corvid_bench::target::raise_fd_limit();
     let options = cli_view(&cli);
     let workloads = match cli.command {
@@ -219,6 +215,7 @@ fn cli_view(cli: &Cli) -> Options {
             deadline: Duration::from_secs(cli.deadline),
             text_bytes: cli.text_bytes,
             progress: !cli.quiet,
+            transport: cli.transport,
         },
         results: cli.results.clone(),
         label: cli.label.clone(),
@@ -309,7 +306,9 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
             };
             recovery::run(&mut target, common, &params).await?
         }
-        Workload::All | Workload::Plot { .. } | Workload::Fsync { .. } => unreachable!("handled by the caller"),
+        Workload::All | Workload::Plot { .. } | Workload::Fsync { .. } => {
+            unreachable!("handled by the caller")
+        }
     };
     let context = report::context(
         options.transport.name(),

@@ -18,17 +18,29 @@ use tokio::process::{Child, Command};
 pub enum Transport {
     /// The binary protocol (docs/protocol.md).
     Wire,
-    /// gRPC. Not in this build of the client library yet.
+    /// gRPC (proto/corvid.proto).
     Grpc,
 }
 
 impl Transport {
     pub fn name(self) -> &'static str {
+        self.client().name()
+    }
+
+    /// The client library's name for it.
+    pub fn client(self) -> corvid_client::Transport {
         match self {
-            Transport::Wire => "wire",
-            Transport::Grpc => "grpc",
+            Transport::Wire => corvid_client::Transport::Wire,
+            Transport::Grpc => corvid_client::Transport::Grpc,
         }
     }
+}
+
+/// An address and the protocol spoken there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: String,
+    pub transport: Transport,
 }
 
 /// How long a started server may take to print its listening line.
@@ -37,7 +49,8 @@ const START_DEADLINE: Duration = Duration::from_secs(120);
 /// A server under load.
 pub enum Target {
     Started(Box<StartedServer>),
-    /// A server someone else runs. With its pid, its memory and CPU can still be read.
+    /// A server someone else runs, at `addr` for the run's transport. With its pid, its
+    /// memory and CPU can still be read.
     Running {
         addr: String,
         pid: Option<u32>,
@@ -45,10 +58,14 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn addr(&self) -> String {
+    /// Where to reach the server over `transport`.
+    pub fn endpoint(&self, transport: Transport) -> Endpoint {
         match self {
-            Target::Started(server) => server.addr.clone(),
-            Target::Running { addr, .. } => addr.clone(),
+            Target::Started(server) => server.endpoint(transport),
+            Target::Running { addr, .. } => Endpoint {
+                addr: addr.clone(),
+                transport,
+            },
         }
     }
 
@@ -101,6 +118,7 @@ pub struct StartedServer {
     dir: tempfile::TempDir,
     child: Child,
     addr: String,
+    grpc_addr: String,
 }
 
 impl StartedServer {
@@ -110,17 +128,24 @@ impl StartedServer {
             .prefix("corvid-bench-")
             .tempdir()
             .context("cannot create a data directory")?;
-        let (child, addr) = launch(&options, dir.path(), "127.0.0.1:0").await?;
+        let (child, addr, grpc_addr) =
+            launch(&options, dir.path(), "127.0.0.1:0", "127.0.0.1:0").await?;
         Ok(StartedServer {
             options,
             dir,
             child,
             addr,
+            grpc_addr,
         })
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// Where to reach the server over `transport`.
+    pub fn endpoint(&self, transport: Transport) -> Endpoint {
+        let addr = match transport {
+            Transport::Wire => self.addr.clone(),
+            Transport::Grpc => self.grpc_addr.clone(),
+        };
+        Endpoint { addr, transport }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -163,9 +188,11 @@ impl StartedServer {
     /// listening line, with the time that took.
     pub async fn restart(&mut self) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        let (child, addr) = launch(&self.options, self.dir.path(), &self.addr).await?;
+        let (child, addr, grpc_addr) =
+            launch(&self.options, self.dir.path(), &self.addr, &self.grpc_addr).await?;
         self.child = child;
         self.addr = addr;
+        self.grpc_addr = grpc_addr;
         Ok(start.elapsed())
     }
 
@@ -175,17 +202,19 @@ impl StartedServer {
     }
 }
 
-/// Writes the config and starts `corvid serve`; returns the child and its address.
+/// Writes the config and starts `corvid serve`; returns the child and its binary-protocol
+/// and gRPC addresses.
 async fn launch(
     options: &ServerOptions,
     dir: &Path,
     listen: &str,
-) -> anyhow::Result<(Child, String)> {
+    grpc_listen: &str,
+) -> anyhow::Result<(Child, String, String)> {
     let data = dir.join("data");
     let config_path = dir.join("corvid.toml");
     // Load comes from few connections at high rates: lift the per-connection limits.
     let config = format!(
-        "data_dir = {data:?}\nlisten = {listen:?}\n\n[limits]\nmax_connections = {}\n\
+        "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\n\n[limits]\nmax_connections = {}\n\
          requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\n\
          [log]\nlevel = \"warn\"\n",
         options.max_connections
@@ -223,15 +252,19 @@ async fn launch(
             dir.join("server.log").display()
         );
     };
-    // "corvid serving on 127.0.0.1:PORT (data in ...)"
-    let addr = line
-        .strip_prefix("corvid serving on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .with_context(|| format!("unexpected first line from the server: {line}"))?
-        .to_string();
+    let (addr, grpc_addr) = parse_ready_line(&line)
+        .with_context(|| format!("unexpected first line from the server: {line}"))?;
     // Keep reading so that the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
+    Ok((child, addr, grpc_addr))
+}
+
+/// The addresses in `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ...)`.
+fn parse_ready_line(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("corvid serving on ")?;
+    let (addr, rest) = rest.split_once(' ')?;
+    let grpc = rest.strip_prefix("(grpc ")?.split([',', ')']).next()?;
+    Some((addr.to_string(), grpc.to_string()))
 }
 
 /// `VmRSS` of process `pid`, in bytes.
@@ -297,5 +330,10 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(300));
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
         assert!(own_cpu_secs() >= 0.0);
+        assert_eq!(
+            parse_ready_line("corvid serving on 127.0.0.1:1 (grpc 127.0.0.1:2, data in x)"),
+            Some(("127.0.0.1:1".into(), "127.0.0.1:2".into()))
+        );
+        assert_eq!(parse_ready_line("hello"), None);
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corvid_client::{Client, ClientConfig};
+
+use crate::target::Endpoint;
 use corvid_core::Token;
 use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
@@ -31,23 +33,24 @@ pub fn run_prefix() -> String {
 
 /// The client configuration for load: generous timeouts, since a loaded server answers
 /// late rather than never.
-pub fn client_config(addr: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(&[addr.to_string()]);
+pub fn client_config(endpoint: &Endpoint) -> ClientConfig {
+    let mut config = ClientConfig::new(std::slice::from_ref(&endpoint.addr));
+    config.transport = endpoint.transport.client();
     config.request_timeout = Duration::from_secs(60);
     config.connect_timeout = Duration::from_secs(10);
     config
 }
 
-/// Connects a client to `addr`.
-pub async fn connect(addr: &str) -> anyhow::Result<Client> {
-    Client::connect_with(client_config(addr))
+/// Connects a client to `endpoint`.
+pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<Client> {
+    Client::connect_with(client_config(endpoint))
         .await
-        .with_context(|| format!("cannot connect to {addr}"))
+        .with_context(|| format!("cannot connect to {}", endpoint.addr))
 }
 
 /// Creates and logs in `names.len()` accounts, each on its own connection, in `names`'
 /// order.
-pub async fn create(addr: &str, names: Vec<String>) -> anyhow::Result<Vec<User>> {
+pub async fn create(addr: &Endpoint, names: Vec<String>) -> anyhow::Result<Vec<User>> {
     futures::stream::iter(names.into_iter().enumerate())
         .map(|(index, name)| async move {
             let client = connect(addr).await?;

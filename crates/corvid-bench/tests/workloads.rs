@@ -26,6 +26,7 @@ fn common() -> Common {
         deadline: Duration::from_secs(60),
         text_bytes: 40,
         progress: false,
+        transport: corvid_bench::Transport::Wire,
     }
 }
 
@@ -82,5 +83,30 @@ async fn offline_drains_what_was_sent() {
     assert_eq!(report.get("sent").unwrap(), 60);
     assert_eq!(report.get("delivered").unwrap(), 60);
     assert!(report.get("drain_per_sec").unwrap().as_f64().unwrap() > 0.0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_over_grpc_delivers_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let target = Target::Running {
+        addr: server.grpc_addr().unwrap().to_string(),
+        pid: None,
+    };
+    let common = Common {
+        transport: corvid_bench::Transport::Grpc,
+        ..common()
+    };
+    let params = OnlineParams {
+        users: 3,
+        messages: 10,
+        window: 4,
+    };
+    let report = online::run(&target, &common, &params, "online")
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.get("delivered").unwrap(), 30);
     server.shutdown().await.unwrap();
 }

@@ -41,7 +41,7 @@ pub async fn run(
     }
 
     let setup = std::time::Instant::now();
-    let addr = target.addr();
+    let addr = target.endpoint(common.transport);
     let users = users::create(&addr, users::names(&users::run_prefix(), "c", accounts)).await?;
     let tokens: Vec<_> = users.iter().map(|u| u.token).collect();
     report.set("setup_secs", report::secs(setup.elapsed()));

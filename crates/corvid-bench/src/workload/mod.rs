@@ -34,6 +34,8 @@ pub struct Common {
     pub text_bytes: usize,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// The protocol the load uses.
+    pub transport: crate::Transport,
 }
 
 /// Who a sender sends to.

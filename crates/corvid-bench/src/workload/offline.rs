@@ -39,7 +39,7 @@ pub async fn run(
     report.set("text_bytes", common.text_bytes as u64);
 
     let setup = std::time::Instant::now();
-    let addr = target.addr();
+    let addr = target.endpoint(common.transport);
     let prefix = users::run_prefix();
     let recipient_names = users::names(&prefix, "r", params.recipients);
     let senders = users::create(&addr, users::names(&prefix, "s", params.senders)).await?;

@@ -36,7 +36,7 @@ pub async fn run(
     report.set("text_bytes", common.text_bytes as u64);
 
     let setup = std::time::Instant::now();
-    let addr = target.addr();
+    let addr = target.endpoint(common.transport);
     let names = users::names(&users::run_prefix(), "u", params.users);
     let users = users::create(&addr, names.clone()).await?;
     let mut subscriptions = Vec::with_capacity(users.len());

@@ -48,7 +48,7 @@ pub async fn run(
     report.set("restart", if params.crash { "sigkill" } else { "sigterm" });
 
     let setup = std::time::Instant::now();
-    let addr = server.addr().to_string();
+    let addr = server.endpoint(common.transport);
     let prefix = users::run_prefix();
     let recipient_names = users::names(&prefix, "r", params.recipients);
     let senders = users::create(&addr, users::names(&prefix, "s", params.senders)).await?;
@@ -67,7 +67,7 @@ pub async fn run(
     let deadline = start + common.deadline;
     let seed = rand::random();
     let target_view = Target::Running {
-        addr: addr.clone(),
+        addr: addr.addr.clone(),
         pid: server_pid(server),
     };
     let usage = ServerUsage::start(&target_view);
@@ -117,7 +117,8 @@ pub async fn run(
     let restart = Instant::now();
     let listening = server.restart().await?;
     report.set("listening_secs", report::secs(listening));
-    let first = first_request(server.addr(), recipient_tokens[0], restart, common.deadline).await;
+    let endpoint = server.endpoint(common.transport);
+    let first = first_request(&endpoint, recipient_tokens[0], restart, common.deadline).await;
     match first {
         Some(elapsed) => report.set("first_request_secs", report::secs(elapsed)),
         None => report.problem("the restarted server served no request before the deadline"),
@@ -132,7 +133,7 @@ pub async fn run(
     // Every acknowledged message is still there, once.
     let (mut lost, mut duplicated) = (0u64, 0u64);
     for (index, name) in recipient_names.iter().enumerate() {
-        let client = users::connect(server.addr()).await?;
+        let client = users::connect(&server.endpoint(common.transport)).await?;
         let unread = client.login(name, users::PASSWORD).await?.unread;
         let expected = ledger.expected_for(index);
         lost += expected.saturating_sub(unread);
@@ -171,7 +172,7 @@ fn server_pid(server: &crate::target::StartedServer) -> Option<u32> {
 
 /// Time from `restart` until a linearizable read with `token` succeeds.
 async fn first_request(
-    addr: &str,
+    addr: &crate::target::Endpoint,
     token: corvid_core::Token,
     restart: Instant,
     limit: Duration,
