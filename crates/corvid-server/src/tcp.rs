@@ -43,6 +43,10 @@ type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// Events written per turn of a connection's loop before it looks at requests again.
 const EVENT_BURST: usize = 64;
+/// Initial size of a connection's read and write buffers, in bytes.
+const INITIAL_BUFFER: usize = 512;
+/// Bytes of encoded frames a connection buffers before it writes them out mid-burst.
+const WRITE_BOUNDARY: usize = 8 * 1024;
 
 /// Accepts connections on `listener` until `shutdown` is cancelled, then closes them all.
 /// With `tls`, every connection starts with a TLS handshake, and the protocol runs inside.
@@ -133,8 +137,16 @@ where
     }
 
     let (read, write) = tokio::io::split(stream);
-    let mut input = FramedRead::new(read, WireCodec::new(limits.max_frame_bytes));
-    let mut output = FramedWrite::new(write, WireCodec::new(limits.max_frame_bytes));
+    // Most connections are idle most of the time: start both buffers small (they grow to
+    // fit a burst), but keep the write side's flush threshold at its usual 8 KiB.
+    let mut input =
+        FramedRead::with_capacity(read, WireCodec::new(limits.max_frame_bytes), INITIAL_BUFFER);
+    let mut output = FramedWrite::with_capacity(
+        write,
+        WireCodec::new(limits.max_frame_bytes),
+        INITIAL_BUFFER,
+    );
+    output.set_backpressure_boundary(WRITE_BOUNDARY);
     if !admitted {
         let error = ApiError::from(ErrorCode::TooManyConnections);
         SinkExt::<Frame>::send(&mut output, Frame::Error { id: 0, error }).await?;
