@@ -51,30 +51,42 @@ pub async fn run(
 
     let bar = progress::bar(params.connections as u64, "connections", common.progress);
     let start = std::time::Instant::now();
-    let open = futures::stream::iter(0..params.connections)
-        .map(|i| {
-            let (addr, token, bar) = (addr.clone(), tokens[i % tokens.len()], bar.clone());
-            async move {
-                let client = users::connect(&addr).await?;
-                let subscription = client.subscribe(token, None).await?;
-                bar.inc(1);
-                Ok::<_, anyhow::Error>((client, subscription))
+    // Two halves, with the memory read after each: the second half's growth is the
+    // marginal cost of a connection, after the first half has used up whatever memory the
+    // allocator had kept free from the setup.
+    let first_half = params.connections / 2;
+    let mut connections = Vec::with_capacity(params.connections);
+    let mut middle = None;
+    for (from, to) in [(0, first_half), (first_half, params.connections)] {
+        let open = futures::stream::iter(from..to)
+            .map(|i| {
+                let (addr, token, bar) = (addr.clone(), tokens[i % tokens.len()], bar.clone());
+                async move {
+                    let client = users::connect(&addr).await?;
+                    let subscription = client.subscribe(token, None).await?;
+                    bar.inc(1);
+                    Ok::<_, anyhow::Error>((client, subscription))
+                }
+            })
+            .buffer_unordered(OPEN_CONCURRENCY)
+            .try_collect::<Vec<_>>();
+        match tokio::time::timeout(common.deadline, open).await {
+            Ok(result) => connections.extend(result?),
+            Err(_) => {
+                report.problem("the deadline ended the run before every connection was open");
+                bar.finish_and_clear();
+                return Ok(report);
             }
-        })
-        .buffer_unordered(OPEN_CONCURRENCY)
-        .try_collect::<Vec<_>>();
-    let connections = match tokio::time::timeout(common.deadline, open).await {
-        Ok(result) => result?,
-        Err(_) => {
-            report.problem("the deadline ended the run before every connection was open");
-            bar.finish_and_clear();
-            return Ok(report);
         }
-    };
+        tokio::time::sleep(SETTLE).await;
+        if middle.is_none() {
+            middle = Some(target.rss_bytes());
+        }
+    }
     bar.finish_and_clear();
     report.set("open_secs", report::secs(start.elapsed()));
-    tokio::time::sleep(SETTLE).await;
     let after = target.rss_bytes();
+    let middle = middle.flatten();
 
     // Every connection is still served.
     let failed = futures::stream::iter(connections.iter())
@@ -97,6 +109,15 @@ pub async fn run(
                 "rss_kib_per_connection",
                 (per / 1024.0 * 100.0).round() / 100.0,
             );
+            let second_half = (params.connections - first_half).max(1) as f64;
+            if let Some(middle) = middle {
+                let marginal = after.saturating_sub(middle) as f64 / second_half;
+                report.set("server_rss_middle_mib", mib(middle));
+                report.set(
+                    "marginal_rss_kib_per_connection",
+                    (marginal / 1024.0 * 100.0).round() / 100.0,
+                );
+            }
         }
         _ => {
             report.problem("the server's memory cannot be read: start it here or pass --server-pid")
