@@ -80,13 +80,15 @@ pub async fn serve(
         let tls = tls.clone();
         tracker.spawn(async move {
             let admitted = permit.is_some();
+            // Every task is as large as its largest state; boxing each protocol's future
+            // keeps a plain-TCP connection from carrying the room a TLS session needs.
             let result = match tls {
-                None => connection(stream, service, &limits, admitted, shutdown).await,
+                None => Box::pin(connection(stream, service, &limits, admitted, shutdown)).await,
                 Some(tls) => {
                     let timeout = std::time::Duration::from_secs(limits.handshake_timeout_secs);
-                    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                    match tokio::time::timeout(timeout, Box::pin(tls.accept(stream))).await {
                         Ok(Ok(stream)) => {
-                            connection(stream, service, &limits, admitted, shutdown).await
+                            Box::pin(connection(stream, service, &limits, admitted, shutdown)).await
                         }
                         Ok(Err(err)) => Err(ConnectionError::Handshake(format!("TLS: {err}"))),
                         Err(_) => Err(ConnectionError::Handshake("TLS timed out".into())),
