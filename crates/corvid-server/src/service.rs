@@ -379,7 +379,7 @@ pub struct Subscription {
     account: AccountId,
     session: SessionKey,
     _registration: Registration,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Box<Event>>,
     backlog: VecDeque<Message>,
     /// Where the replay of missed messages stands; `None` once it has caught up.
     replay_cursor: Option<MessageId>,
@@ -426,7 +426,7 @@ impl Subscription {
                 continue;
             }
             tokio::select! {
-                event = self.events.recv() => match event {
+                event = self.events.recv() => match event.map(|boxed| *boxed) {
                     None => {
                         self.ended = true;
                         return None;
