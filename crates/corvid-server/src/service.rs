@@ -22,6 +22,9 @@ use corvid_raft::{Node, NodeError};
 use crate::hub::{Hub, Registration};
 use crate::password;
 
+/// How long delivery notes gather before they are proposed as one `MarkDelivered` batch.
+const DELIVERY_BATCH_DELAY: Duration = Duration::from_millis(10);
+
 /// Backlog messages read per page when a subscriber resumes.
 const REPLAY_PAGE: usize = 256;
 
@@ -462,6 +465,10 @@ async fn record_deliveries(
     mut pending: mpsc::UnboundedReceiver<(AccountId, MessageId)>,
 ) {
     while let Some((account, id)) = pending.recv().await {
+        // Wait a moment before proposing: more deliveries join this batch, and its log entry
+        // (with its fsync) stops sitting in front of every next send. A delivered receipt
+        // is a little later; a send is not.
+        tokio::time::sleep(DELIVERY_BATCH_DELAY).await;
         let mut batch: BTreeMap<AccountId, Vec<MessageId>> = BTreeMap::new();
         batch.entry(account).or_default().push(id);
         let mut size = 1;
