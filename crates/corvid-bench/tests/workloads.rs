@@ -10,12 +10,7 @@ use corvid_bench::workload::Common;
 use corvid_bench::Target;
 
 async fn server(dir: &std::path::Path) -> corvid_server::RunningServer {
-    let mut config = corvid_server::Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    };
+    let mut config = corvid_server::Config::ephemeral(dir);
     config.limits.requests_per_second = 1_000_000;
     config.limits.request_burst = 1_000_000;
     corvid_server::start(config).await.unwrap()

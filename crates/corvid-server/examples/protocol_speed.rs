@@ -44,12 +44,7 @@ struct Results {
 
 async fn measure(transport: Transport) -> Results {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = corvid_server::Config {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..corvid_server::Config::default()
-    };
+    let mut config = corvid_server::Config::ephemeral(dir.path());
     config.log.level = "warn".into();
     config.limits.requests_per_second = 1_000_000_000;
     config.limits.request_burst = 1_000_000_000;

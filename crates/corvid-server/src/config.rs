@@ -164,6 +164,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Defaults with data in `data_dir` and both listeners on free loopback ports: what a
+    /// test or a benchmark that runs several servers side by side wants.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            data_dir: data_dir.into(),
+            listen: any_port,
+            grpc_listen: Some(any_port),
+            ..Config::default()
+        }
+    }
+
     /// Reads a TOML file; settings it does not name keep their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

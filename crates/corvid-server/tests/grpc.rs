@@ -19,12 +19,7 @@ const PASSWORD: &str = "correct horse battery";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Config::default()
-    };
+    let mut config = Config::ephemeral(dir);
     tune(&mut config);
     corvid_server::start(config).await.expect("server starts")
 }
