@@ -82,6 +82,53 @@ pub struct SendJob {
     pub seed: u64,
 }
 
+/// What every sender shares when a pool of senders writes to a pool of recipients.
+pub struct PoolSend {
+    /// Size of the recipient pool; each message goes to a uniformly random member.
+    pub recipients: usize,
+    pub recipient_names: Arc<Vec<String>>,
+    /// Messages per sender.
+    pub messages: usize,
+    pub window: usize,
+    pub text_bytes: usize,
+    pub ledger: Arc<Ledger>,
+    pub deadline: Instant,
+    pub bar: ProgressBar,
+    pub seed: u64,
+}
+
+/// Runs every sender of `senders` at once against the recipient pool; their stats merged.
+pub async fn send_from_pool(
+    senders: &[crate::users::User],
+    pool: &PoolSend,
+) -> anyhow::Result<SendStats> {
+    let tasks: Vec<_> = senders
+        .iter()
+        .map(|user| {
+            tokio::spawn(send_all(SendJob {
+                sender: user.index,
+                pool_size: senders.len(),
+                client: user.client.clone(),
+                token: user.token,
+                recipients: Recipients::Pool(pool.recipients),
+                recipient_names: pool.recipient_names.clone(),
+                messages: pool.messages,
+                window: pool.window,
+                text_bytes: pool.text_bytes,
+                ledger: pool.ledger.clone(),
+                deadline: pool.deadline,
+                bar: pool.bar.clone(),
+                seed: pool.seed,
+            }))
+        })
+        .collect();
+    let mut sends = SendStats::new();
+    for task in tasks {
+        sends.merge(task.await?);
+    }
+    Ok(sends)
+}
+
 /// What one sender saw.
 pub struct SendStats {
     pub acked: u64,

@@ -8,7 +8,7 @@ use corvid_core::MessageId;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Common, ReceiveStats, Recipients, SendJob, SendStats, ServerUsage};
+use super::{Common, PoolSend, ReceiveStats, ServerUsage};
 use crate::report::{self, Report};
 use crate::tally::Ledger;
 use crate::target::Target;
@@ -60,30 +60,18 @@ pub async fn run(
     let usage = ServerUsage::start(target);
     let bar = progress::bar(total, "offline send", common.progress);
     let seed = rand::random();
-    let tasks: Vec<_> = senders
-        .iter()
-        .map(|user| {
-            tokio::spawn(super::send_all(SendJob {
-                sender: user.index,
-                pool_size: params.senders,
-                client: user.client.clone(),
-                token: user.token,
-                recipients: Recipients::Pool(params.recipients),
-                recipient_names: recipient_names.clone(),
-                messages: params.messages,
-                window: params.window,
-                text_bytes: common.text_bytes,
-                ledger: ledger.clone(),
-                deadline,
-                bar: bar.clone(),
-                seed,
-            }))
-        })
-        .collect();
-    let mut sends = SendStats::new();
-    for task in tasks {
-        sends.merge(task.await?);
-    }
+    let pool = PoolSend {
+        recipients: params.recipients,
+        recipient_names: recipient_names.clone(),
+        messages: params.messages,
+        window: params.window,
+        text_bytes: common.text_bytes,
+        ledger: ledger.clone(),
+        deadline,
+        bar: bar.clone(),
+        seed,
+    };
+    let sends = super::send_from_pool(&senders, &pool).await?;
     let send_time = start.elapsed();
     bar.finish_and_clear();
     report.set("send_secs", report::secs(send_time));

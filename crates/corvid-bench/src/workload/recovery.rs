@@ -8,7 +8,7 @@ use std::time::Duration;
 use corvid_client::Client;
 use tokio::time::Instant;
 
-use super::{Common, Recipients, SendJob, SendStats, ServerUsage};
+use super::{Common, PoolSend, ServerUsage};
 use crate::report::{self, Report};
 use crate::tally::Ledger;
 use crate::target::Target;
@@ -71,30 +71,18 @@ pub async fn run(
         pid: server_pid(server),
     };
     let usage = ServerUsage::start(&target_view);
-    let tasks: Vec<_> = senders
-        .iter()
-        .map(|user| {
-            tokio::spawn(super::send_all(SendJob {
-                sender: user.index,
-                pool_size: params.senders,
-                client: user.client.clone(),
-                token: user.token,
-                recipients: Recipients::Pool(params.recipients),
-                recipient_names: recipient_names.clone(),
-                messages: per_sender,
-                window: params.window,
-                text_bytes: common.text_bytes,
-                ledger: ledger.clone(),
-                deadline,
-                bar: bar.clone(),
-                seed,
-            }))
-        })
-        .collect();
-    let mut sends = SendStats::new();
-    for task in tasks {
-        sends.merge(task.await?);
-    }
+    let pool = PoolSend {
+        recipients: params.recipients,
+        recipient_names: recipient_names.clone(),
+        messages: per_sender,
+        window: params.window,
+        text_bytes: common.text_bytes,
+        ledger: ledger.clone(),
+        deadline,
+        bar: bar.clone(),
+        seed,
+    };
+    let sends = super::send_from_pool(&senders, &pool).await?;
     let load_time = start.elapsed();
     bar.finish_and_clear();
     report.set("load_secs", report::secs(load_time));
