@@ -1,34 +1,36 @@
-//! Corvid's durable storage: the Raft log, the vote and the state machine, in one redb file.
+//! Corvid's durable storage: the Raft log and the vote in one redb file, the state machine
+//! in another.
 //!
-//! `Store::open(dir, effects)` opens `dir/corvid.redb` (and `dir/snapshots/`) and returns the
-//! two halves openraft drives — [`LogStore`] (`RaftLogStorage`, storage-v2) and
-//! [`StateMachine`] (`RaftStateMachine`) — plus a [`StoreReader`] the server keeps for
+//! `Store::open(dir, effects)` opens `dir/log.redb`, `dir/state.redb` (and `dir/snapshots/`)
+//! and returns the two halves openraft drives — [`LogStore`] (`RaftLogStorage`, storage-v2)
+//! and [`StateMachine`] (`RaftStateMachine`) — plus a [`StoreReader`] the server keeps for
 //! queries. The type configuration is in [`typ`]; the tables are listed in `schema`.
 //!
 //! # Durability
 //!
 //! What is fsync'd, and when:
 //!
-//! * **Log appends, vote, truncate, purge**: written by the log writer thread in group
-//!   commits, each one redb transaction committed with `Durability::Immediate` (fsync)
+//! * **Log appends, vote, truncate, purge** (`log.redb`): written by the log writer thread in
+//!   group commits, each one redb transaction committed with `Durability::Immediate` (fsync)
 //!   *before* any of its append callbacks fire or `save_vote`/`truncate`/`purge` return
 //!   (see [`log`]). openraft only counts an entry as accepted (and so only
 //!   commits and acknowledges it) after its callback. A log entry carries a batch of
 //!   commands (see [`typ::TypeConfig`]), so one fsync covers many client writes.
 //! * **`save_committed`**: queued in order, not awaited; written by the next log transaction,
 //!   with fsync if that transaction has other work, without otherwise.
-//! * **State machine `apply`**: one transaction per batch, committed with
-//!   `Durability::None`: no fsync.
+//! * **State machine `apply`** (`state.redb`): one transaction per batch, committed with
+//!   `Durability::None` (no fsync), except the first batch after
+//!   [`state::SYNC_INTERVAL`] (1 s), committed with `Durability::Immediate`.
 //! * **Snapshots**: the file is written, fsync'd, renamed and its directory fsync'd; then the
 //!   pointer to it (`sm_meta.snapshot`) is committed with fsync, and only then are older
 //!   snapshot files deleted. Installing a snapshot replaces the state tables and
 //!   last-applied/membership in one fsync'd transaction.
 //!
-//! Why the unsynced state machine is safe (checked in redb 4.5's source, `transactions.rs`
-//! and `page_manager.rs`):
+//! Why the mostly unsynced state machine is safe (checked in redb 4.5's source,
+//! `transactions.rs`, `page_manager.rs` and `cached_file.rs`):
 //!
-//! 1. redb commits are totally ordered in the one file, and a transaction always starts
-//!    from the latest commit, durable or not. A durable commit writes the newest root, which
+//! 1. redb commits are totally ordered within a file, and a transaction always starts from
+//!    the latest commit, durable or not. A durable commit writes the newest root, which
 //!    contains every earlier non-durable commit, and flushes their pages: "commits with
 //!    [`Durability::None`](redb::Durability::None) will not be persisted to disk unless
 //!    followed by a commit with `Immediate`" — and then they are.
@@ -36,31 +38,36 @@
 //!    by non-durable commits are not reused until a durable commit, so that commit's tree is
 //!    intact. A clean close (drop of the database) makes pending non-durable commits durable.
 //!
-//! So after a crash the file holds a log `L` and a state applied up to some `A`, both as of
-//! one durable commit, with `A <=` the last applied entry and every entry in `(A, committed]`
-//! still in `L`. This holds because of the **architecture invariant: the log is never
-//! purged past an entry whose application is not durable.** openraft purges only up to a
-//! snapshot's last log id; the snapshot was read from a committed state transaction; and
-//! the purge is itself an fsync'd log transaction committed after that state transaction,
-//! so it makes that state durable in the same fsync. On restart openraft reads `committed`
-//! (`read_committed`) and re-applies `(A, committed]` from the log before serving; entries
-//! after `committed` are committed again by the leader. An acknowledged write is never lost:
-//! it was acknowledged after apply, apply came after commit, and commit after the fsync of
-//! its log entry (on a quorum).
+//! So after a crash `state.redb` holds the state applied up to some `A` (its last durable
+//! commit, at most about a second old), and `log.redb` holds every entry it acknowledged.
+//! Every entry in `(A, committed]` is still in the log because of the **architecture
+//! invariant: the log is never purged past an entry whose application is not durable.**
+//! openraft purges only up to a snapshot's last log id `S`; the snapshot was read from a
+//! committed state transaction, and before openraft learns of the snapshot the pointer to
+//! it is committed to `state.redb` with fsync, which makes all state up to at least `S`
+//! durable. Applied entries are committed, so never truncated. On restart openraft reads
+//! `committed` (`read_committed`, which may lag: openraft then takes `A`) and re-applies
+//! `(A, committed]` from the log before serving; entries after `committed` are committed
+//! again by the leader. An acknowledged write is never lost: it was acknowledged after
+//! apply, apply came after commit, and commit after the fsync of its log entry (on a
+//! quorum).
 //!
 //! Re-applying after a crash runs the effect sink again for those entries; at startup no
 //! client is connected yet, so nothing is pushed twice to a live session.
 //!
 //! Crash recovery cost: transactions use redb's default 1-phase commit with checksums (one
-//! fsync per commit), so after a crash redb repairs the file on open by walking it, which
+//! fsync per commit), so after a crash redb repairs each file on open by walking it, which
 //! takes time proportional to its size. Quick-repair would make recovery instant at the
 //! price of a second fsync per commit on the hot path; it is not enabled.
 //!
-//! # Contention
+//! # Why two files
 //!
-//! redb has one writer at a time, and a commit holds it through its fsync. `apply` therefore
-//! waits for a log fsync under way before it can write; throughput comes from batching on
-//! both sides (many entries per fsync, many entries per apply transaction).
+//! redb has one writer per file, and a commit holds it through its fsync. With the log and
+//! the state in one file, `apply` waited for every log fsync under way, and every log fsync
+//! wrote out all the state pages dirtied since the previous one. Apart, a log fsync writes
+//! only the appended entries while `apply` runs concurrently, and the state's dirty pages
+//! (the same B-tree leaves, rewritten by many batches) are written once per
+//! [`state::SYNC_INTERVAL`].
 
 pub mod error;
 pub mod log;
@@ -74,7 +81,7 @@ pub mod typ;
 pub use error::StoreError;
 pub use log::{LogReader, LogStore};
 pub use state::{SnapshotBuilder, StateMachine};
-pub use store::{Closed, Store, StoreMetrics, StoreReader, DB_FILE, SNAPSHOT_DIR};
+pub use store::{Closed, Store, StoreMetrics, StoreReader, LOG_FILE, SNAPSHOT_DIR, STATE_FILE};
 pub use tables::{ReadTables, WriteTables};
 
 /// Receives the effects of each applied batch, in log order, after its transaction has

@@ -133,7 +133,7 @@ impl LogShared {
             .range(start..end)
             .map(|(_, entry)| entry.clone())
             .collect();
-        let txn = self.store.db.begin_read()?;
+        let txn = self.store.log_db.begin_read()?;
         let log = txn.open_table(RAFT_LOG)?;
         let mut entries = Vec::new();
         for item in log.range(start..end)? {
@@ -151,7 +151,7 @@ impl LogShared {
 
     fn log_state(&self) -> Result<LogState, StoreError> {
         let unflushed_last = self.unflushed().last_key_value().map(|(_, e)| e.log_id);
-        let txn = self.store.db.begin_read()?;
+        let txn = self.store.log_db.begin_read()?;
         let meta = txn.open_table(RAFT_META)?;
         let last_purged: Option<LogId> = get_meta(&meta, LAST_PURGED)?;
         let last_log_id = match unflushed_last {
@@ -187,7 +187,7 @@ pub struct LogReader {
 impl LogStore {
     pub(crate) fn open(store: Arc<Shared>) -> Result<LogStore, StoreError> {
         let committed = {
-            let txn = store.db.begin_read()?;
+            let txn = store.log_db.begin_read()?;
             let meta = txn.open_table(RAFT_META)?;
             get_meta::<Option<LogId>, _>(&meta, COMMITTED)?.flatten()
         };
@@ -321,7 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         // `save_vote` returns only once its transaction has committed: the database has it.
         let read = || -> Result<Option<Vote>, StoreError> {
-            let txn = self.log.store.db.begin_read()?;
+            let txn = self.log.store.log_db.begin_read()?;
             let meta = txn.open_table(RAFT_META)?;
             get_meta(&meta, VOTE)
         };
@@ -413,7 +413,7 @@ fn run_writer(log: &LogShared, requests: mpsc::Receiver<Request>) {
 /// Writes one batch in one transaction; fsyncs unless it only moves the committed index.
 fn write_batch(log: &LogShared, batch: &[Request]) -> Result<(), StoreError> {
     let durable = batch.iter().any(Request::needs_fsync);
-    let mut txn = log.store.db.begin_write()?;
+    let mut txn = log.store.log_db.begin_write()?;
     if !durable {
         txn.set_durability(Durability::None)?;
     }

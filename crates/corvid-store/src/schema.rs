@@ -1,5 +1,6 @@
-//! The catalogue of every redb table in `corvid.redb`, besides the state tables that
-//! `corvid_core::Table` lists, and the encoding of the values the store itself writes.
+//! The catalogue of every redb table, besides the state tables that `corvid_core::Table`
+//! lists, and the encoding of the values the store itself writes. `raft_log` and `raft_meta`
+//! are in `log.redb`; `sm_meta` and the state tables in `state.redb`.
 //!
 //! | table       | key                 | value                                     |
 //! |-------------|---------------------|-------------------------------------------|
@@ -64,11 +65,18 @@ where
     }
 }
 
-/// Creates every table, so that readers never meet a missing one.
-pub(crate) fn create_tables(db: &redb::Database) -> Result<(), StoreError> {
+/// Creates the log's tables, so that readers never meet a missing one.
+pub(crate) fn create_log_tables(db: &redb::Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     txn.open_table(RAFT_LOG)?;
     txn.open_table(RAFT_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Creates the state machine's tables, so that readers never meet a missing one.
+pub(crate) fn create_state_tables(db: &redb::Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
     txn.open_table(SM_META)?;
     for table in Table::ALL {
         txn.open_table(state_table(table))?;

@@ -1,14 +1,17 @@
 //! The state machine: openraft's `RaftStateMachine` over the state tables, and snapshots.
 //!
-//! `apply` runs a whole batch of entries in one redb write transaction committed with
-//! [`Durability::None`]: no fsync. The next fsync'd log transaction makes it durable (see
-//! the crate documentation for why that is safe). The core's effects are handed to the
-//! effect sink only after the transaction has committed.
+//! `apply` runs a whole batch of entries in one redb write transaction of `state.redb`,
+//! committed with [`Durability::None`] (no fsync), except that the first batch after
+//! [`SYNC_INTERVAL`] is committed with fsync, which makes every earlier one durable too. The
+//! log holds every entry after the last durable batch (see the crate documentation for why
+//! that is safe). The core's effects are handed to the effect sink only after the
+//! transaction has committed.
 
 use std::fs::File;
 use std::io::SeekFrom;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use corvid_core::{Effect, Outcome};
 use openraft::storage::RaftStateMachine;
@@ -28,11 +31,18 @@ use crate::typ::{
 };
 use crate::EffectSink;
 
+/// How long applied state may stay without an fsync. It bounds how much of the log a
+/// restart after a crash applies again, and how long redb keeps pages freed since the last
+/// durable commit from being reused.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The state machine. Owned by openraft's state machine task.
 pub struct StateMachine {
     shared: Arc<Shared>,
     effects: EffectSink,
     snapshots: Arc<SnapshotDir>,
+    /// When a state transaction was last committed with fsync.
+    last_sync: Instant,
 }
 
 /// Builds a snapshot from a read transaction, concurrently with `apply`.
@@ -51,20 +61,24 @@ impl StateMachine {
             shared,
             effects,
             snapshots,
+            last_sync: Instant::now(),
         }
     }
 }
 
-/// Applies `entries` in one transaction. Returns the outcomes of each entry (one per
-/// command), and the effects of all of them in order.
+/// Applies `entries` in one transaction, fsync'd if `sync`. Returns the outcomes of each
+/// entry (one per command), and the effects of all of them in order.
 fn apply_batch(
     shared: &Shared,
     entries: &[Entry],
+    sync: bool,
 ) -> Result<(Vec<Vec<Outcome>>, Vec<Effect>), StoreError> {
     let mut outcomes = Vec::with_capacity(entries.len());
     let mut effects = Vec::new();
-    let mut txn = shared.db.begin_write()?;
-    txn.set_durability(Durability::None)?;
+    let mut txn = shared.state_db.begin_write()?;
+    if !sync {
+        txn.set_durability(Durability::None)?;
+    }
     {
         let mut tables = WriteTables::open(&txn)?;
         let mut meta = txn.open_table(SM_META)?;
@@ -98,7 +112,7 @@ fn apply_batch(
 }
 
 fn applied_state(shared: &Shared) -> Result<(Option<LogId>, StoredMembership), StoreError> {
-    let txn = shared.db.begin_read()?;
+    let txn = shared.state_db.begin_read()?;
     let meta = txn.open_table(SM_META)?;
     let last_applied = get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten();
     let membership = get_meta(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
@@ -118,7 +132,7 @@ fn make_current(
             return Ok(());
         }
     }
-    let txn = shared.db.begin_write()?;
+    let txn = shared.state_db.begin_write()?;
     {
         let mut meta = txn.open_table(SM_META)?;
         meta.insert(SNAPSHOT, encode(&record)?.as_slice())?;
@@ -130,7 +144,7 @@ fn make_current(
 fn build_snapshot(shared: &Shared, snapshots: &SnapshotDir) -> Result<SnapshotRecord, StoreError> {
     // One read transaction gives the rows and the log id they correspond to, while `apply`
     // goes on writing newer versions.
-    let txn = shared.db.begin_read()?;
+    let txn = shared.state_db.begin_read()?;
     let (last_applied, membership) = {
         let meta = txn.open_table(SM_META)?;
         let last_applied = get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten();
@@ -195,7 +209,7 @@ fn load_snapshot(
         )));
     }
     let _changing = snapshots.lock_changes();
-    let txn = shared.db.begin_write()?;
+    let txn = shared.state_db.begin_write()?;
     for table in corvid_core::Table::ALL {
         txn.delete_table(state_table(table))?;
     }
@@ -279,13 +293,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 _ => 0,
             })
             .sum();
+        let sync = self.last_sync.elapsed() >= SYNC_INTERVAL;
         let shared = self.shared.clone();
         let (outcomes, effects) =
-            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries))
+            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries, sync))
                 .await
                 .map_err(|e| join_error(e).write_state_machine())?
                 .map_err(StoreError::write_state_machine)?;
         let counters = &self.shared.counters;
+        if sync {
+            self.last_sync = Instant::now();
+            counters.state_syncs.fetch_add(1, Ordering::Relaxed);
+        }
         counters.apply_batches.fetch_add(1, Ordering::Relaxed);
         counters.applied_entries.fetch_add(count, Ordering::Relaxed);
         counters

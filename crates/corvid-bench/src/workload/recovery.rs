@@ -91,8 +91,16 @@ pub async fn run(
     drop(senders);
     let recipient_tokens: Vec<_> = recipients.iter().map(|u| u.token).collect();
     drop(recipients);
-    let db_bytes = std::fs::metadata(server.data_dir().join("data").join("corvid.redb"))
-        .map(|m| m.len())
+    // The database files (the log's and the state's), not the snapshots.
+    let data = server.data_dir().join("data");
+    let db_bytes: u64 = std::fs::read_dir(&data)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|f| f.path().extension().is_some_and(|e| e == "redb"))
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0);
     report.set(
         "db_mib",
