@@ -110,6 +110,15 @@ impl RunningServer {
         if let Some(grpc) = self.grpc {
             let _ = grpc.await;
         }
+        let m = self.service.node().store_metrics();
+        tracing::info!(
+            log_commits = m.log_commits,
+            log_entries = m.log_entries,
+            apply_batches = m.apply_batches,
+            applied_commands = m.applied_commands,
+            state_syncs = m.state_syncs,
+            "storage since start"
+        );
         self.service
             .node()
             .shutdown()
