@@ -17,6 +17,7 @@ mod records;
 pub mod tables;
 pub mod types;
 pub mod validate;
+pub mod write_back;
 
 pub use api::{AccountRow, AccountsPage, Event, HistoryPage, Request, Response};
 pub use apply::apply;
@@ -24,6 +25,7 @@ pub use command::{Applied, Command, Effect, Outcome, SessionPolicy};
 pub use error::{ApiError, ErrorCode, Rejection};
 pub use pattern::{Pattern, PatternSyntax};
 pub use tables::{MemTables, StorageFault, Table, Tables, TablesMut};
+pub use write_back::WriteBack;
 pub use types::{
     AccountId, EndReason, Message, MessageId, ReceiptStatus, SessionKey, Timestamp, Token,
 };

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corvid_core::{Effect, Outcome};
+use corvid_core::{Effect, Outcome, WriteBack};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Durability, ReadableDatabase};
@@ -80,7 +80,9 @@ fn apply_batch(
         txn.set_durability(Durability::None)?;
     }
     {
-        let mut tables = WriteTables::open(&txn)?;
+        // Counters, accounts and sessions are reread and rewritten by most commands: keep
+        // them in memory for the batch and write each changed row once.
+        let mut tables = WriteBack::new(WriteTables::open(&txn)?);
         let mut meta = txn.open_table(SM_META)?;
         let mut last_applied = None;
         for entry in entries {
@@ -105,6 +107,7 @@ fn apply_batch(
             }
             last_applied = Some(entry.log_id);
         }
+        tables.finish()?;
         meta.insert(LAST_APPLIED, encode(&last_applied)?.as_slice())?;
     }
     txn.commit()?;
