@@ -209,19 +209,34 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         }
         // Every message in the account's view, both directions, leaves that view; a message
         // nobody can see any more is erased.
-        let mut viewed = Vec::new();
+        let mut peers = Vec::new();
         self.t.scan(
-            Table::View,
-            Bound::Included(&key::triple(id.0, 0, 0)),
-            Bound::Included(&key::triple(id.0, u64::MAX, u64::MAX)),
+            Table::Peer,
+            Bound::Included(&key::pair(id.0, 0)),
+            Bound::Included(&key::pair(id.0, u64::MAX)),
             false,
             &mut |k, _| {
-                viewed.push(MessageId(key::part(k, 2)));
+                peers.push(key::part(k, 1));
                 true
             },
         )?;
-        for message_id in viewed {
-            self.hide(id, message_id)?;
+        for peer in peers {
+            let mut viewed = Vec::new();
+            self.t.scan(
+                Table::Conversation,
+                Bound::Included(&key::conversation(id.0, peer, 0)),
+                Bound::Included(&key::conversation(id.0, peer, u64::MAX)),
+                false,
+                &mut |k, _| {
+                    viewed.push(MessageId(key::part(k, 2)));
+                    true
+                },
+            )?;
+            for message_id in viewed {
+                self.hide(id, message_id)?;
+            }
+            // The peer's own row stays: its account may still see messages from this one.
+            self.t.delete(Table::Peer, &key::pair(id.0, peer))?;
         }
         // Retries of this account's sends can no longer arrive: forget their client ids.
         let mut dedup = Vec::new();
@@ -285,10 +300,12 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         };
         self.t
             .put(Table::Message, &key::id(id.0), &encode(&record))?;
-        self.t
-            .put(Table::View, &key::triple(me.0, recipient_id.0, id.0), &[])?;
-        self.t
-            .put(Table::View, &key::triple(recipient_id.0, me.0, id.0), &[])?;
+        self.t.put(
+            Table::Conversation,
+            &key::conversation(me.0, recipient_id.0, id.0),
+            &[],
+        )?;
+        self.meet(me, recipient_id)?;
         self.t
             .put(Table::Inbox, &key::pair(recipient_id.0, id.0), &[])?;
         self.t
@@ -470,14 +487,10 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         let mut hidden = false;
         if record.from == me && record.sender_sees {
             record.sender_sees = false;
-            self.t
-                .delete(Table::View, &key::triple(me.0, record.to.0, id.0))?;
             hidden = true;
         }
         if record.to == me && record.recipient_sees {
             record.recipient_sees = false;
-            self.t
-                .delete(Table::View, &key::triple(me.0, record.from.0, id.0))?;
             self.t.delete(Table::Inbox, &key::pair(me.0, id.0))?;
             let unread_key = key::pair(me.0, id.0);
             if self.t.get(Table::Unread, &unread_key)?.is_some() {
@@ -497,6 +510,10 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
                 .put(Table::Message, &key::id(id.0), &encode(&record))?;
         } else {
             self.t.delete(Table::Message, &key::id(id.0))?;
+            self.t.delete(
+                Table::Conversation,
+                &key::conversation(record.from.0, record.to.0, id.0),
+            )?;
             let dedup_key = key::pair(record.from.0, record.client_id);
             if record.client_id != 0
                 && self.t.get(Table::Dedup, &dedup_key)?.as_deref() == Some(&key::id(id.0)[..])
@@ -505,6 +522,16 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             }
         }
         Ok(true)
+    }
+
+    /// Records that `a` and `b` have exchanged a message, both ways, unless already known.
+    fn meet(&mut self, a: AccountId, b: AccountId) -> Result<(), Fail> {
+        if self.t.get(Table::Peer, &key::pair(a.0, b.0))?.is_some() {
+            return Ok(());
+        }
+        self.t.put(Table::Peer, &key::pair(a.0, b.0), &[])?;
+        self.t.put(Table::Peer, &key::pair(b.0, a.0), &[])?;
+        Ok(())
     }
 
     fn put_account(&mut self, id: AccountId, record: &AccountRecord) -> Result<(), Fail> {

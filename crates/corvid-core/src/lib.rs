@@ -25,7 +25,7 @@ pub use command::{Applied, Command, Effect, Outcome, SessionPolicy};
 pub use error::{ApiError, ErrorCode, Rejection};
 pub use pattern::{Pattern, PatternSyntax};
 pub use tables::{MemTables, StorageFault, Table, Tables, TablesMut};
-pub use write_back::WriteBack;
 pub use types::{
     AccountId, EndReason, Message, MessageId, ReceiptStatus, SessionKey, Timestamp, Token,
 };
+pub use write_back::WriteBack;

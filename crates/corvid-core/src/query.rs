@@ -28,6 +28,10 @@ impl From<ErrorCode> for QueryError {
     }
 }
 
+/// How many conversation rows one history page may examine before it returns what it has
+/// found.
+pub const HISTORY_SCAN_BUDGET: usize = 10_000;
+
 /// How many index rows one listing page may examine before it returns what it has found,
 /// with a cursor to go on. Keeps a page cheap even for a pattern that matches almost nothing.
 pub const LIST_SCAN_BUDGET: usize = 10_000;
@@ -189,6 +193,11 @@ pub fn last_inbox_id<T: Tables + ?Sized>(
 }
 
 /// One page of the conversation between `account` and the user `with`, paged backwards.
+///
+/// The conversation's rows are shared by both users; rows of messages `account` deleted are
+/// skipped. A page examines at most [`HISTORY_SCAN_BUDGET`] rows: if they run out first
+/// (only when `account` deleted that many messages its peer kept), the page is short and
+/// `next_before` says where to go on.
 pub fn history<T: Tables + ?Sized>(
     t: &T,
     account: AccountId,
@@ -197,26 +206,78 @@ pub fn history<T: Tables + ?Sized>(
     limit: u32,
 ) -> Result<HistoryPage, QueryError> {
     let peer = account_id_by_name(t, with)?.ok_or(ErrorCode::UnknownUser)?;
-    let start = key::triple(account.0, peer.0, 0);
-    let end = key::triple(
+    let start = key::conversation(account.0, peer.0, 0);
+    let end = key::conversation(
         account.0,
         peer.0,
         before.map_or(u64::MAX, |b| b.0.saturating_sub(1)),
     );
-    // One more than asked tells whether an older page exists.
-    let mut ids = scan_ids(t, Table::View, &start, &end, 2, true, limit as usize + 1)?;
-    let more = ids.len() > limit as usize;
-    ids.truncate(limit as usize);
-    ids.reverse();
-    let next_before = if more {
-        ids.first().map(|id| MessageId(*id))
+    let limit = limit as usize;
+    // Newest first; one more than asked tells whether an older page exists.
+    let mut page: Vec<(MessageId, MessageRecord)> = Vec::new();
+    let mut examined = 0usize;
+    let mut oldest_examined = None;
+    let mut fault = None;
+    if limit > 0 {
+        t.scan(
+            Table::Conversation,
+            Bound::Included(&start),
+            Bound::Included(&end),
+            true,
+            &mut |k, _| {
+                if examined == HISTORY_SCAN_BUDGET {
+                    return false;
+                }
+                examined += 1;
+                let id = MessageId(key::part(k, 2));
+                oldest_examined = Some(id);
+                match message(t, id) {
+                    Ok(Some(record)) => {
+                        if visible_to(&record, account) {
+                            page.push((id, record));
+                        }
+                    }
+                    Ok(None) => {
+                        fault = Some(StorageFault(format!(
+                            "index names missing message {}",
+                            id.0
+                        )));
+                        return false;
+                    }
+                    Err(e) => {
+                        fault = Some(e);
+                        return false;
+                    }
+                }
+                page.len() <= limit
+            },
+        )?;
+    }
+    if let Some(fault) = fault {
+        return Err(fault.into());
+    }
+    let next_before = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|(id, _)| *id)
+    } else if examined == HISTORY_SCAN_BUDGET {
+        oldest_examined
     } else {
         None
     };
+    page.reverse();
     Ok(HistoryPage {
-        messages: load_messages(t, ids)?,
+        messages: page
+            .into_iter()
+            .map(|(id, record)| to_message(id, record))
+            .collect(),
         next_before,
     })
+}
+
+/// Whether `account` still sees the message `record`.
+fn visible_to(record: &MessageRecord, account: AccountId) -> bool {
+    (record.from == account && record.sender_sees)
+        || (record.to == account && record.recipient_sees)
 }
 
 /// One page of accounts whose username matches `pattern`, in folded-username order.

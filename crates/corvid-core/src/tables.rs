@@ -14,8 +14,15 @@
 //! | `message`          | message id                            | MessageRecord    |
 //! | `inbox`            | recipient id, message id              | ()               |
 //! | `unread`           | recipient id, message id              | ()               |
-//! | `view`             | owner id, peer id, message id         | ()               |
+//! | `conversation`     | lower id, higher id, message id       | ()               |
 //! | `dedup`            | sender id, client message id          | message id       |
+//! | `peer`             | account id, peer id                   | ()               |
+//!
+//! A message has one `conversation` row, shared by its two users (its sender's and its
+//! recipient's account ids in ascending order): one random-access B-tree write per message
+//! rather than one per user. Who still sees it is in the message record; the row goes when
+//! neither does. `peer` lists everyone an account has exchanged a message with, both ways,
+//! so that deleting an account finds its conversations.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -31,12 +38,13 @@ pub enum Table {
     Message,
     Inbox,
     Unread,
-    View,
+    Conversation,
     Dedup,
+    Peer,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Meta,
         Table::Account,
         Table::UsernameAccount,
@@ -45,8 +53,9 @@ impl Table {
         Table::Message,
         Table::Inbox,
         Table::Unread,
-        Table::View,
+        Table::Conversation,
         Table::Dedup,
+        Table::Peer,
     ];
 
     /// The table's name in the database file.
@@ -60,8 +69,9 @@ impl Table {
             Table::Message => "message",
             Table::Inbox => "inbox",
             Table::Unread => "unread",
-            Table::View => "view",
+            Table::Conversation => "conversation",
             Table::Dedup => "dedup",
+            Table::Peer => "peer",
         }
     }
 
@@ -216,6 +226,11 @@ pub(crate) mod key {
         key[8..16].copy_from_slice(&b.to_be_bytes());
         key[16..].copy_from_slice(&c.to_be_bytes());
         key
+    }
+
+    /// The `conversation` key of message `id` between accounts `a` and `b` (either order).
+    pub fn conversation(a: u64, b: u64, id: u64) -> [u8; 24] {
+        triple(a.min(b), a.max(b), id)
     }
 
     /// The `n`th big-endian u64 of a key.

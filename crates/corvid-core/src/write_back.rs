@@ -266,6 +266,9 @@ mod tests {
         let store = t.finish().unwrap();
         assert_eq!(store.puts, 100 + 1, "100 message rows and the counter once");
         assert_eq!(store.gets.get(), 1, "only the first read of the counter");
-        assert_eq!(store.rows.get(Table::Meta, b"next").unwrap(), Some(vec![100]));
+        assert_eq!(
+            store.rows.get(Table::Meta, b"next").unwrap(),
+            Some(vec![100])
+        );
     }
 }

@@ -573,6 +573,47 @@ fn history_pages_backwards_over_both_directions() {
 }
 
 #[test]
+fn a_history_page_examines_a_bounded_number_of_rows() {
+    // Bob deleted more messages than one page may skip; alice kept them all.
+    let mut chat = Chat::new();
+    chat.create("alice");
+    chat.create("bob");
+    let alice = chat.login("alice");
+    let bob = chat.login("bob");
+    chat.sent_id(alice, "bob", "old");
+    let hidden: Vec<MessageId> = (0..query::HISTORY_SCAN_BUDGET + 5)
+        .map(|i| chat.sent_id(alice, "bob", &format!("hidden {i}")))
+        .collect();
+    chat.sent_id(alice, "bob", "new");
+    for ids in hidden.chunks(1000) {
+        chat.run(Command::DeleteMessages {
+            session: bob,
+            ids: ids.to_vec(),
+            now: chat.now,
+        });
+    }
+    let me = chat.id("bob");
+    let texts = |page: &corvid_core::HistoryPage| -> Vec<String> {
+        page.messages.iter().map(|m| m.text.clone()).collect()
+    };
+    // The first page finds "new", then runs out of budget among the deleted ones: it is
+    // short, and its cursor points into them rather than past them.
+    let first = query::history(&chat.tables, me, "alice", None, 10).unwrap();
+    assert_eq!(texts(&first), ["new"]);
+    let cursor = first
+        .next_before
+        .expect("a short page still says where to go on");
+    assert!(hidden.contains(&cursor));
+    // Following the cursor reaches the old message, and the end.
+    let second = query::history(&chat.tables, me, "alice", Some(cursor), 10).unwrap();
+    assert_eq!(texts(&second), ["old"]);
+    assert_eq!(second.next_before, None);
+    // Alice, who deleted nothing, sees full pages.
+    let alice_page = query::history(&chat.tables, chat.id("alice"), "bob", None, 10).unwrap();
+    assert_eq!(alice_page.messages.len(), 10);
+}
+
+#[test]
 fn delete_messages_hides_them_for_one_user_and_erases_when_nobody_sees_them() {
     let mut chat = Chat::new();
     chat.create("alice");
