@@ -110,7 +110,15 @@ fn apply_batch(
         tables.finish()?;
         meta.insert(LAST_APPLIED, encode(&last_applied)?.as_slice())?;
     }
+    let start = Instant::now();
     txn.commit()?;
+    if sync {
+        tracing::debug!(
+            entries = entries.len(),
+            elapsed_ms = start.elapsed().as_secs_f64() * 1e3,
+            "state fsync"
+        );
+    }
     Ok((outcomes, effects))
 }
 
