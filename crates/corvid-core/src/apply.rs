@@ -355,8 +355,12 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
     fn mark_delivered(&mut self, me: AccountId, ids: &[MessageId]) -> Result<Outcome, Fail> {
         let mut count = 0;
         for id in ids.iter().collect::<BTreeSet<_>>() {
-            if message(self.t, *id)?.is_some_and(|m| m.to == me && m.recipient_sees)
-                && self.advance_status(*id, ReceiptStatus::Delivered)?
+            let Some(record) = message(self.t, *id)? else {
+                continue;
+            };
+            if record.to == me
+                && record.recipient_sees
+                && self.advance(*id, record, ReceiptStatus::Delivered)?
             {
                 count += 1;
             }
@@ -461,9 +465,19 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
     /// Moves a message's status forward to `status`, telling its sender. Returns whether
     /// it changed.
     fn advance_status(&mut self, id: MessageId, status: ReceiptStatus) -> Result<bool, Fail> {
-        let Some(mut record) = message(self.t, id)? else {
-            return Ok(false);
-        };
+        match message(self.t, id)? {
+            Some(record) => self.advance(id, record, status),
+            None => Ok(false),
+        }
+    }
+
+    /// [`Self::advance_status`] of a message record already read.
+    fn advance(
+        &mut self,
+        id: MessageId,
+        mut record: MessageRecord,
+        status: ReceiptStatus,
+    ) -> Result<bool, Fail> {
         if record.status >= status {
             return Ok(false);
         }
