@@ -208,34 +208,45 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             self.end_session(id, &session_key, EndReason::AccountDeleted)?;
         }
         // Every message in the account's view, both directions, leaves that view; a message
-        // nobody can see any more is erased.
-        let mut peers = Vec::new();
+        // nobody can see any more is erased. Its conversations are keyed by the lower
+        // account id first: those where it is the lower one are one range, the others are
+        // found through its `peer` rows.
+        let mut viewed = Vec::new();
+        let mut collect = |k: &[u8], _: &[u8]| {
+            viewed.push(MessageId(key::part(k, 2)));
+            true
+        };
+        self.t.scan(
+            Table::Conversation,
+            Bound::Included(&key::triple(id.0, 0, 0)),
+            Bound::Included(&key::triple(id.0, u64::MAX, u64::MAX)),
+            false,
+            &mut collect,
+        )?;
+        let mut lower_peers = Vec::new();
         self.t.scan(
             Table::Peer,
             Bound::Included(&key::pair(id.0, 0)),
             Bound::Included(&key::pair(id.0, u64::MAX)),
             false,
             &mut |k, _| {
-                peers.push(key::part(k, 1));
+                lower_peers.push(key::part(k, 1));
                 true
             },
         )?;
-        for peer in peers {
-            let mut viewed = Vec::new();
+        for peer in &lower_peers {
             self.t.scan(
                 Table::Conversation,
-                Bound::Included(&key::conversation(id.0, peer, 0)),
-                Bound::Included(&key::conversation(id.0, peer, u64::MAX)),
+                Bound::Included(&key::triple(*peer, id.0, 0)),
+                Bound::Included(&key::triple(*peer, id.0, u64::MAX)),
                 false,
-                &mut |k, _| {
-                    viewed.push(MessageId(key::part(k, 2)));
-                    true
-                },
+                &mut collect,
             )?;
-            for message_id in viewed {
-                self.hide(id, message_id)?;
-            }
-            // The peer's own row stays: its account may still see messages from this one.
+        }
+        for message_id in viewed {
+            self.hide(id, message_id)?;
+        }
+        for peer in lower_peers {
             self.t.delete(Table::Peer, &key::pair(id.0, peer))?;
         }
         // Retries of this account's sends can no longer arrive: forget their client ids.
@@ -538,13 +549,17 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         Ok(true)
     }
 
-    /// Records that `a` and `b` have exchanged a message, both ways, unless already known.
+    /// Records that `a` and `b` have exchanged a message, unless already known: a `peer`
+    /// row under the higher id naming the lower one (the lower one finds the conversation
+    /// by its own id, see `delete_account`).
     fn meet(&mut self, a: AccountId, b: AccountId) -> Result<(), Fail> {
-        if self.t.get(Table::Peer, &key::pair(a.0, b.0))?.is_some() {
+        if a == b {
             return Ok(());
         }
-        self.t.put(Table::Peer, &key::pair(a.0, b.0), &[])?;
-        self.t.put(Table::Peer, &key::pair(b.0, a.0), &[])?;
+        let row = key::pair(a.0.max(b.0), a.0.min(b.0));
+        if self.t.get(Table::Peer, &row)?.is_none() {
+            self.t.put(Table::Peer, &row, &[])?;
+        }
         Ok(())
     }
 

@@ -16,13 +16,14 @@
 //! | `unread`           | recipient id, message id              | ()               |
 //! | `conversation`     | lower id, higher id, message id       | ()               |
 //! | `dedup`            | sender id, client message id          | message id       |
-//! | `peer`             | account id, peer id                   | ()               |
+//! | `peer`             | higher account id, lower account id   | ()               |
 //!
 //! A message has one `conversation` row, shared by its two users (its sender's and its
 //! recipient's account ids in ascending order): one random-access B-tree write per message
 //! rather than one per user. Who still sees it is in the message record; the row goes when
-//! neither does. `peer` lists everyone an account has exchanged a message with, both ways,
-//! so that deleting an account finds its conversations.
+//! neither does. An account's conversations with higher ids are one range of `conversation`;
+//! `peer` lists, under each account, the lower ids it has exchanged a message with, so that
+//! deleting an account finds the rest.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
