@@ -29,7 +29,19 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// The address other servers (and redirected clients) reach this one at.
     pub advertise_addr: String,
+    /// Log entries between snapshots: [`SNAPSHOT_EVERY`], or fewer in tests that want
+    /// snapshots and log purges to happen all the time.
+    pub snapshot_every: u64,
 }
+
+/// Log entries between snapshots. A snapshot bounds both the log on disk and the replay a
+/// lagging follower needs; an entry carries a batch of commands, so this is many more
+/// commands.
+pub const SNAPSHOT_EVERY: u64 = 50_000;
+/// Entries kept in the log behind a snapshot, for followers that are only a little behind.
+const KEEP_AFTER_SNAPSHOT: u64 = 1000;
+/// Entries purged at a time, at least.
+const PURGE_BATCH: u64 = 1024;
 
 /// Why the node could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -96,20 +108,17 @@ impl From<RaftError<CheckIsLeaderError>> for NodeError {
     }
 }
 
-/// openraft's configuration for Corvid.
-pub fn raft_config() -> Result<Config, NodeError> {
+/// openraft's configuration for Corvid, with a snapshot every `snapshot_every` entries.
+pub fn raft_config(snapshot_every: u64) -> Result<Config, NodeError> {
     let config = Config {
         cluster_name: "corvid".into(),
         // A leader is missed after 1-2 s of silence; heartbeats come five times as often.
         heartbeat_interval: 200,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
-        // A snapshot every 50,000 entries bounds both the log on disk and the replay a
-        // lagging follower needs; 1,000 entries are kept after it for followers that are
-        // only a little behind.
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
-        max_in_snapshot_log_to_keep: 1000,
-        purge_batch_size: 1024,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT.min(snapshot_every),
+        purge_batch_size: PURGE_BATCH.min(snapshot_every),
         // An entry carries a batch of commands (see `proposer`): replicate fewer per message.
         max_payload_entries: 64,
         ..Config::default()
@@ -147,7 +156,7 @@ impl Node {
         } = store;
         let raft = Raft::new(
             config.node_id,
-            Arc::new(raft_config()?),
+            Arc::new(raft_config(config.snapshot_every)?),
             Network::new(),
             log,
             state_machine,

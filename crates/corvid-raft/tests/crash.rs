@@ -4,7 +4,9 @@
 //! and prints every write it got an answer for; the parent kills it (SIGKILL) in the middle,
 //! reopens the directory and checks that every acknowledged message is there. State-machine
 //! writes that were not yet fsync'd are lost by the kill, so this exercises the re-apply from
-//! the log on restart.
+//! the log on restart. The second test snapshots every few entries, so that the log is
+//! purged all the time while the state lags behind it: it checks that no purge ever goes
+//! past state that a crash could lose.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -25,28 +27,57 @@ const ACKS_BEFORE_KILL: usize = 300;
 const ROUND_DEADLINE: Duration = Duration::from_secs(60);
 const WRITERS: usize = 8;
 
-fn config(dir: &Path) -> NodeConfig {
+fn config(dir: &Path, snapshot_every: u64) -> NodeConfig {
     NodeConfig {
         data_dir: dir.to_path_buf(),
         node_id: 1,
         advertise_addr: "127.0.0.1:7000".into(),
+        snapshot_every,
     }
 }
 
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
+    kill_rounds(
+        "kill_9_loses_no_acknowledged_write",
+        corvid_raft::SNAPSHOT_EVERY,
+    );
+}
+
+#[test]
+fn kill_9_while_snapshots_purge_the_log_loses_no_acknowledged_write() {
+    let dir = kill_rounds(
+        "kill_9_while_snapshots_purge_the_log_loses_no_acknowledged_write",
+        SMALL_SNAPSHOT_EVERY,
+    );
+    // The test is only worth something if the log really was purged.
+    let purged = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let node = Node::open(config(dir.path(), SMALL_SNAPSHOT_EVERY), no_effects())
+            .await
+            .unwrap();
+        let purged = node.raft().metrics().borrow().purged;
+        node.shutdown().await.unwrap();
+        purged
+    });
+    assert!(purged.is_some_and(|p| p.index > 50), "purged: {purged:?}");
+}
+
+/// Snapshots this often (in entries) make openraft purge the log every few writes.
+const SMALL_SNAPSHOT_EVERY: u64 = 8;
+
+/// Runs `ROUNDS` child processes of test `name` writing to one directory, killing each
+/// mid-write, and checks after each that every acknowledged message is stored. Returns the
+/// directory. In the child, writes until killed.
+fn kill_rounds(name: &str, snapshot_every: u64) -> tempfile::TempDir {
     if let Ok(dir) = std::env::var(CHILD_DIR) {
-        return write_until_killed(Path::new(&dir));
+        write_until_killed(Path::new(&dir), snapshot_every);
+        unreachable!("the writers never stop");
     }
     let dir = tempfile::tempdir().unwrap();
     let mut acknowledged = BTreeSet::new();
     for round in 0..ROUNDS {
         let mut child = Process::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "kill_9_loses_no_acknowledged_write",
-                "--nocapture",
-            ])
+            .args(["--exact", name, "--nocapture"])
             .env(CHILD_DIR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -86,7 +117,7 @@ fn kill_9_loses_no_acknowledged_write() {
 
         let stored = tokio::runtime::Runtime::new()
             .unwrap()
-            .block_on(stored_texts(dir.path()));
+            .block_on(stored_texts(dir.path(), snapshot_every));
         let missing: Vec<&String> = acknowledged.difference(&stored).collect();
         assert!(
             missing.is_empty(),
@@ -95,11 +126,14 @@ fn kill_9_loses_no_acknowledged_write() {
             missing.iter().take(5).collect::<Vec<_>>()
         );
     }
+    dir
 }
 
 /// Every text in bob's inbox, after a restart.
-async fn stored_texts(dir: &Path) -> BTreeSet<String> {
-    let node = Node::open(config(dir), no_effects()).await.unwrap();
+async fn stored_texts(dir: &Path, snapshot_every: u64) -> BTreeSet<String> {
+    let node = Node::open(config(dir, snapshot_every), no_effects())
+        .await
+        .unwrap();
     let texts = node
         .read(|t| {
             let bob = query::credentials(t, "bob")?.map(|(id, _)| id);
@@ -116,14 +150,18 @@ async fn stored_texts(dir: &Path) -> BTreeSet<String> {
 }
 
 /// The child: opens the node and sends messages from several tasks until it is killed.
-fn write_until_killed(dir: &Path) {
+fn write_until_killed(dir: &Path, snapshot_every: u64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let node = std::sync::Arc::new(Node::open(config(dir), no_effects()).await.unwrap());
+        let node = std::sync::Arc::new(
+            Node::open(config(dir, snapshot_every), no_effects())
+                .await
+                .unwrap(),
+        );
         for name in ["alice", "bob"] {
             let outcome = node
                 .write(Command::CreateAccount {

@@ -14,6 +14,7 @@ fn config(dir: &Path) -> NodeConfig {
         data_dir: dir.to_path_buf(),
         node_id: 1,
         advertise_addr: "127.0.0.1:7000".into(),
+        snapshot_every: corvid_raft::SNAPSHOT_EVERY,
     }
 }
 

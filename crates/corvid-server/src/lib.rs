@@ -160,6 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         data_dir: config.data_dir.clone(),
         node_id: 1,
         advertise_addr: wire_addr.to_string(),
+        snapshot_every: corvid_raft::SNAPSHOT_EVERY,
     };
     let node = corvid_raft::Node::open(node_config, effects)
         .await
