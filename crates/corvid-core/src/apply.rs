@@ -11,7 +11,7 @@ use crate::command::{Applied, Command, Effect, Outcome, SessionPolicy};
 use crate::error::{ErrorCode, Rejection};
 use crate::query::{self, account, account_id_by_name, message, session, to_message};
 use crate::records::{encode, AccountRecord, MessageRecord, SessionRecord};
-use crate::tables::{key, StorageFault, Table, TablesMut};
+use crate::tables::{inbox, key, StorageFault, Table, TablesMut};
 use crate::types::{AccountId, EndReason, MessageId, ReceiptStatus, SessionKey, Timestamp};
 use crate::validate;
 
@@ -134,6 +134,7 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             password_hash: password_hash.to_string(),
             created_at: now,
             unread: 0,
+            unread_from: 0,
         };
         self.put_account(id, &record)?;
         self.t.put(
@@ -317,10 +318,11 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             &[],
         )?;
         self.meet(me, recipient_id)?;
-        self.t
-            .put(Table::Inbox, &key::pair(recipient_id.0, id.0), &[])?;
-        self.t
-            .put(Table::Unread, &key::pair(recipient_id.0, id.0), &[])?;
+        self.t.put(
+            Table::Inbox,
+            &key::pair(recipient_id.0, id.0),
+            inbox::UNREAD,
+        )?;
         recipient.unread += 1;
         self.put_account(recipient_id, &recipient)?;
         if client_id != 0 {
@@ -348,16 +350,17 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         validate::id_count(ids.len())?;
         let mut count = 0;
         for id in ids.iter().collect::<BTreeSet<_>>() {
-            let unread_key = key::pair(me.0, id.0);
-            if self.t.get(Table::Unread, &unread_key)?.is_none() {
+            let inbox_key = key::pair(me.0, id.0);
+            if self.t.get(Table::Inbox, &inbox_key)?.as_deref() != Some(inbox::UNREAD) {
                 continue;
             }
-            self.t.delete(Table::Unread, &unread_key)?;
+            self.t.put(Table::Inbox, &inbox_key, inbox::READ)?;
             count += 1;
             self.advance_status(*id, ReceiptStatus::Read)?;
         }
         if count > 0 {
             record.unread = record.unread.saturating_sub(count);
+            record.unread_from = self.first_unread(me, &record)?;
             self.put_account(me, &record)?;
         }
         Ok(Outcome::MarkedRead { count })
@@ -516,12 +519,14 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         }
         if record.to == me && record.recipient_sees {
             record.recipient_sees = false;
-            self.t.delete(Table::Inbox, &key::pair(me.0, id.0))?;
-            let unread_key = key::pair(me.0, id.0);
-            if self.t.get(Table::Unread, &unread_key)?.is_some() {
-                self.t.delete(Table::Unread, &unread_key)?;
+            let inbox_key = key::pair(me.0, id.0);
+            let was_unread =
+                self.t.get(Table::Inbox, &inbox_key)?.as_deref() == Some(inbox::UNREAD);
+            self.t.delete(Table::Inbox, &inbox_key)?;
+            if was_unread {
                 if let Some(mut account) = account(self.t, me)? {
                     account.unread = account.unread.saturating_sub(1);
+                    account.unread_from = self.first_unread(me, &account)?;
                     self.put_account(me, &account)?;
                 }
             }
@@ -561,6 +566,36 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             self.t.put(Table::Peer, &row, &[])?;
         }
         Ok(())
+    }
+
+    /// Where `me`'s oldest unread message may be, at the earliest: a new `unread_from` after
+    /// messages stopped being unread. Walks forward over read rows from the current one, at
+    /// most [`query::UNREAD_SCAN_BUDGET`] of them per call (the hint only ever moves forward,
+    /// so each row is walked over once); with nothing unread, it jumps past the newest row.
+    fn first_unread(&self, me: AccountId, record: &AccountRecord) -> Result<u64, Fail> {
+        if record.unread == 0 {
+            return Ok(query::last_inbox_id(self.t, me)?.0.saturating_add(1));
+        }
+        let mut next = record.unread_from;
+        let mut examined = 0;
+        self.t.scan(
+            Table::Inbox,
+            Bound::Included(&key::pair(me.0, record.unread_from)),
+            Bound::Included(&key::pair(me.0, u64::MAX)),
+            false,
+            &mut |k, v| {
+                let id = key::part(k, 1);
+                if v == inbox::UNREAD {
+                    next = id;
+                    return false;
+                }
+                // Everything up to this read row is read (or gone).
+                next = id.saturating_add(1);
+                examined += 1;
+                examined < query::UNREAD_SCAN_BUDGET
+            },
+        )?;
+        Ok(next)
     }
 
     fn put_account(&mut self, id: AccountId, record: &AccountRecord) -> Result<(), Fail> {

@@ -9,7 +9,7 @@ use crate::api::{AccountsPage, HistoryPage};
 use crate::error::{ErrorCode, Rejection};
 use crate::pattern::Pattern;
 use crate::records::{decode, AccountRecord, MessageRecord, SessionRecord};
-use crate::tables::{key, StorageFault, Table, Tables};
+use crate::tables::{inbox, key, StorageFault, Table, Tables};
 use crate::types::{AccountId, Message, MessageId, SessionKey, Timestamp};
 use crate::validate;
 
@@ -27,6 +27,9 @@ impl From<ErrorCode> for QueryError {
         QueryError::Rejected(Rejection::new(code))
     }
 }
+
+/// How many read inbox rows one command walks over to move `unread_from` forward.
+pub const UNREAD_SCAN_BUDGET: usize = 10_000;
 
 /// How many conversation rows one history page may examine before it returns what it has
 /// found.
@@ -143,21 +146,31 @@ pub fn unread_count<T: Tables + ?Sized>(t: &T, id: AccountId) -> Result<u64, Sto
     Ok(account(t, id)?.map(|a| a.unread).unwrap_or(0))
 }
 
-/// The oldest `limit` unread messages of `account`, oldest first.
+/// The oldest `limit` unread messages of `account`, oldest first. The walk starts at the
+/// account's `unread_from`, below which nothing is unread.
 pub fn fetch_unread<T: Tables + ?Sized>(
     t: &T,
-    account: AccountId,
+    account_id: AccountId,
     limit: u32,
 ) -> Result<Vec<Message>, StorageFault> {
-    let ids = scan_ids(
-        t,
-        Table::Unread,
-        &key::pair(account.0, 0),
-        &key::pair(account.0, u64::MAX),
-        1,
-        false,
-        limit as usize,
-    )?;
+    let Some(record) = account(t, account_id)? else {
+        return Ok(Vec::new());
+    };
+    let mut ids = Vec::new();
+    if limit > 0 && record.unread > 0 {
+        t.scan(
+            Table::Inbox,
+            Bound::Included(&key::pair(account_id.0, record.unread_from)),
+            Bound::Included(&key::pair(account_id.0, u64::MAX)),
+            false,
+            &mut |k, v| {
+                if v == inbox::UNREAD {
+                    ids.push(key::part(k, 1));
+                }
+                ids.len() < limit as usize
+            },
+        )?;
+    }
     load_messages(t, ids)
 }
 

@@ -12,8 +12,11 @@ pub struct AccountRecord {
     pub display_name: String,
     pub password_hash: String,
     pub created_at: Timestamp,
-    /// Number of rows of this account in the `unread` table, kept in step with it.
+    /// Number of this account's `inbox` rows marked unread, kept in step with them.
     pub unread: u64,
+    /// No unread message of this account has a smaller id: where `fetch_unread` starts. Kept
+    /// close to the oldest unread message, so that reads skip few read ones.
+    pub unread_from: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,11 +12,15 @@
 //! | `session`          | session key (SHA-256 of the token)    | SessionRecord    |
 //! | `account_session`  | account id, session key               | ()               |
 //! | `message`          | message id                            | MessageRecord    |
-//! | `inbox`            | recipient id, message id              | ()               |
-//! | `unread`           | recipient id, message id              | ()               |
+//! | `inbox`            | recipient id, message id              | 1 unread, 0 read |
 //! | `conversation`     | lower id, higher id, message id       | ()               |
 //! | `dedup`            | sender id, client message id          | message id       |
 //! | `peer`             | higher account id, lower account id   | ()               |
+//!
+//! A received message has one `inbox` row, whose value says whether it is read: one row
+//! to write per message, not one in an inbox and another in an unread index. The account
+//! record keeps the unread count and `unread_from`, below which nothing is unread, so that
+//! fetching the oldest unread messages starts near them.
 //!
 //! A message has one `conversation` row, shared by its two users (its sender's and its
 //! recipient's account ids in ascending order): one random-access B-tree write per message
@@ -38,14 +42,13 @@ pub enum Table {
     AccountSession,
     Message,
     Inbox,
-    Unread,
     Conversation,
     Dedup,
     Peer,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::Account,
         Table::UsernameAccount,
@@ -53,7 +56,6 @@ impl Table {
         Table::AccountSession,
         Table::Message,
         Table::Inbox,
-        Table::Unread,
         Table::Conversation,
         Table::Dedup,
         Table::Peer,
@@ -69,7 +71,6 @@ impl Table {
             Table::AccountSession => "account_session",
             Table::Message => "message",
             Table::Inbox => "inbox",
-            Table::Unread => "unread",
             Table::Conversation => "conversation",
             Table::Dedup => "dedup",
             Table::Peer => "peer",
@@ -208,6 +209,12 @@ impl TablesMut for MemTables {
     }
 }
 
+/// The value of an `inbox` row.
+pub(crate) mod inbox {
+    pub const UNREAD: &[u8] = &[1];
+    pub const READ: &[u8] = &[0];
+}
+
 /// Big-endian key building, so that byte order is numeric order.
 pub(crate) mod key {
     pub fn id(a: u64) -> [u8; 8] {
@@ -267,7 +274,7 @@ mod tests {
         let mut t = MemTables::new();
         for k in [1u8, 2, 3] {
             t.put(Table::Inbox, &[k], b"").unwrap();
-            t.put(Table::Unread, &[k], b"").unwrap();
+            t.put(Table::Conversation, &[k], b"").unwrap();
         }
         t.put(Table::Meta, b"z", b"").unwrap();
         assert_eq!(

@@ -481,6 +481,53 @@ fn fetch_unread_pages_oldest_first_and_mark_read_sends_receipts() {
 }
 
 #[test]
+fn the_oldest_unread_are_found_after_long_runs_of_read_ones() {
+    // Bob reads everything but the first and the last two, then the first: the walk to the
+    // next unread message is longer than one command may take, and nothing is missed.
+    let mut chat = Chat::new();
+    chat.create("alice");
+    chat.create("bob");
+    let alice = chat.login("alice");
+    let bob = chat.login("bob");
+    let ids: Vec<MessageId> = (0..query::UNREAD_SCAN_BUDGET + 10)
+        .map(|i| chat.sent_id(alice, "bob", &format!("m{i}")))
+        .collect();
+    let last = ids.len() - 2;
+    for chunk in ids[1..last].chunks(1000) {
+        let outcome = chat.run(Command::MarkRead {
+            session: bob,
+            ids: chunk.to_vec(),
+            now: chat.now,
+        });
+        assert_eq!(
+            outcome,
+            Outcome::MarkedRead {
+                count: chunk.len() as u64
+            }
+        );
+    }
+    let expected_last: Vec<String> = (last..ids.len()).map(|i| format!("m{i}")).collect();
+    let mut expected = vec!["m0".to_string()];
+    expected.extend(expected_last.iter().cloned());
+    assert_eq!(chat.unread_texts("bob"), expected);
+    chat.run(Command::MarkRead {
+        session: bob,
+        ids: vec![ids[0]],
+        now: chat.now,
+    });
+    assert_eq!(chat.unread_texts("bob"), expected_last);
+    // Once nothing is unread, a new message is found at once.
+    chat.run(Command::MarkRead {
+        session: bob,
+        ids: ids[last..].to_vec(),
+        now: chat.now,
+    });
+    assert!(chat.unread_texts("bob").is_empty());
+    chat.sent_id(alice, "bob", "new");
+    assert_eq!(chat.unread_texts("bob"), ["new"]);
+}
+
+#[test]
 fn mark_delivered_moves_status_forward_only() {
     let mut chat = Chat::new();
     chat.create("alice");

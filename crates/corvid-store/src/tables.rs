@@ -210,13 +210,13 @@ mod tests {
         {
             let mut tables = WriteTables::open(&txn).unwrap();
             for k in [1u8, 2, 3, 5, 8] {
-                for t in [Table::Inbox, Table::Unread] {
+                for t in [Table::Inbox, Table::Conversation] {
                     tables.put(t, &[k], &[k, k]).unwrap();
                     model.put(t, &[k], &[k, k]).unwrap();
                 }
             }
-            tables.delete(Table::Unread, &[3]).unwrap();
-            model.delete(Table::Unread, &[3]).unwrap();
+            tables.delete(Table::Conversation, &[3]).unwrap();
+            model.delete(Table::Conversation, &[3]).unwrap();
         }
         txn.commit().unwrap();
         let read = db.begin_read().unwrap();
@@ -229,7 +229,7 @@ mod tests {
             Bound::Included(&[5]),
             Bound::Excluded(&[9]),
         ];
-        for table in [Table::Inbox, Table::Unread, Table::Dedup] {
+        for table in [Table::Inbox, Table::Conversation, Table::Dedup] {
             for start in &bounds {
                 for end in &bounds {
                     for reverse in [false, true] {
