@@ -25,11 +25,16 @@
 //!
 //! # Reads see every returned append
 //!
-//! `append` puts its entries in an in-memory *unflushed* map before it queues them, and the
-//! writer removes them only after their transaction has committed. Readers look at the map
-//! first and at the database second, so an entry is always found in one or the other (or
-//! both, and then the map's copy wins). Reads therefore never wait for an fsync, which lets
-//! a leader replicate an entry while its own fsync of it is still under way.
+//! `append` puts its entries in an in-memory map of *recent* entries before it queues them,
+//! and an entry leaves the map only after its transaction has committed (or with the
+//! truncate or purge that removes it from the log). Readers look at the map first and at the
+//! database second, so an entry is always found in one or the other (or both, and then the
+//! map's copy wins). Reads therefore never wait for an fsync, which lets a leader replicate
+//! an entry while its own fsync of it is still under way.
+//!
+//! Committed entries stay in the map too, the newest [`RECENT_BYTES`] of them: the state
+//! machine reads each entry back right after it is written, to apply it, and a read served
+//! from the map skips a read transaction and decoding every command again.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -50,6 +55,8 @@ use crate::typ::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 
 /// The most requests one log transaction takes; the rest wait for the next one.
 const MAX_BATCH: usize = 4096;
+/// Encoded bytes of committed entries kept in memory for readers (see the module docs).
+const RECENT_BYTES: usize = 8 << 20;
 
 /// Called once appended entries are durable (or could not be written).
 type OnFlushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
@@ -109,17 +116,103 @@ impl Request {
 /// State shared by the log store, its readers and the writer thread.
 struct LogShared {
     store: Arc<Shared>,
-    /// Entries handed to the writer whose transaction has not committed yet.
-    unflushed: Mutex<BTreeMap<u64, Entry>>,
+    /// The newest entries: all that the writer has not committed yet, and the newest
+    /// committed ones.
+    recent: Mutex<Recent>,
     /// The last committed log id given to `save_committed`, durable or not yet.
     committed: Mutex<Option<LogId>>,
 }
 
+/// The newest log entries, in memory (see the module docs).
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, Cached>,
+    /// Encoded bytes of `entries`.
+    bytes: usize,
+}
+
+struct Cached {
+    entry: Entry,
+    /// Its encoded size.
+    bytes: usize,
+    /// Committed to the database: may leave memory.
+    flushed: bool,
+}
+
+impl Recent {
+    fn insert(&mut self, entry: Entry, bytes: usize) {
+        let cached = Cached {
+            entry,
+            bytes,
+            flushed: false,
+        };
+        if let Some(old) = self.entries.insert(cached.entry.log_id.index, cached) {
+            self.bytes -= old.bytes;
+        }
+        self.bytes += bytes;
+    }
+
+    /// Every entry of `start..end`, if all of them are here.
+    fn all_of(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let mut all = Vec::new();
+        let mut expected = start;
+        for (index, cached) in self.entries.range(start..end) {
+            if *index != expected {
+                return None;
+            }
+            all.push(cached.entry.clone());
+            expected += 1;
+        }
+        (expected == end).then_some(all)
+    }
+
+    /// Bookkeeping after `batch` committed: its entries are in the database, its truncations
+    /// and purges are done.
+    fn committed(&mut self, batch: &[Request]) {
+        for request in batch {
+            match request {
+                Request::Append { entries, .. } => {
+                    for (log_id, _) in entries {
+                        // An entry replaced since (same index, newer log id) is not flushed.
+                        if let Some(cached) = self.entries.get_mut(&log_id.index) {
+                            if cached.entry.log_id == *log_id {
+                                cached.flushed = true;
+                            }
+                        }
+                    }
+                }
+                Request::Truncate { since, .. } => {
+                    let removed = self.entries.split_off(since);
+                    self.bytes -= removed.values().map(|c| c.bytes).sum::<usize>();
+                }
+                Request::Purge { upto, .. } => {
+                    let kept = match upto.index.checked_add(1) {
+                        Some(first_kept) => self.entries.split_off(&first_kept),
+                        None => BTreeMap::new(),
+                    };
+                    let removed = std::mem::replace(&mut self.entries, kept);
+                    self.bytes -= removed.values().map(|c| c.bytes).sum::<usize>();
+                }
+                Request::SaveVote { .. } | Request::SaveCommitted { .. } | Request::Sync { .. } => {
+                }
+            }
+        }
+        while self.bytes > RECENT_BYTES {
+            match self.entries.first_entry() {
+                Some(oldest) if oldest.get().flushed => {
+                    self.bytes -= oldest.remove().bytes;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
 impl LogShared {
-    fn unflushed(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
+    fn recent(&self) -> MutexGuard<'_, Recent> {
         // A poisoned lock only means another thread panicked while holding it; the map
         // itself is always left consistent (single inserts and removes).
-        self.unflushed.lock().unwrap_or_else(|e| e.into_inner())
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
@@ -128,11 +221,17 @@ impl LogShared {
         }
         // The map first, then the database: an entry leaves the map only after it is in the
         // database, so nothing falls between the two reads.
-        let unflushed: Vec<Entry> = self
-            .unflushed()
-            .range(start..end)
-            .map(|(_, entry)| entry.clone())
-            .collect();
+        let unflushed: Vec<Entry> = {
+            let recent = self.recent();
+            if let Some(all) = recent.all_of(start, end) {
+                return Ok(all);
+            }
+            recent
+                .entries
+                .range(start..end)
+                .map(|(_, cached)| cached.entry.clone())
+                .collect()
+        };
         let txn = self.store.log_db.begin_read()?;
         let log = txn.open_table(RAFT_LOG)?;
         let mut entries = Vec::new();
@@ -150,7 +249,11 @@ impl LogShared {
     }
 
     fn log_state(&self) -> Result<LogState, StoreError> {
-        let unflushed_last = self.unflushed().last_key_value().map(|(_, e)| e.log_id);
+        let unflushed_last = self
+            .recent()
+            .entries
+            .last_key_value()
+            .map(|(_, cached)| cached.entry.log_id);
         let txn = self.store.log_db.begin_read()?;
         let meta = txn.open_table(RAFT_META)?;
         let last_purged: Option<LogId> = get_meta(&meta, LAST_PURGED)?;
@@ -193,7 +296,7 @@ impl LogStore {
         };
         let log = Arc::new(LogShared {
             store,
-            unflushed: Mutex::new(BTreeMap::new()),
+            recent: Mutex::new(Recent::default()),
             committed: Mutex::new(committed),
         });
         let (writer, requests) = mpsc::channel();
@@ -228,9 +331,9 @@ impl LogStore {
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         // Readable from now on, before the writer has even seen them.
         {
-            let mut unflushed = self.log.unflushed();
-            for entry in entries {
-                unflushed.insert(entry.log_id.index, entry);
+            let mut recent = self.log.recent();
+            for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
+                recent.insert(entry, bytes.len());
             }
         }
         self.send(Request::Append {
@@ -391,7 +494,9 @@ fn run_writer(log: &LogShared, requests: mpsc::Receiver<Request>) {
             continue;
         }
         let result = write_batch(log, &batch);
-        forget_unflushed(log, &batch);
+        if result.is_ok() {
+            log.recent().committed(&batch);
+        }
         match result {
             Ok(()) => {
                 for request in batch {
@@ -457,17 +562,60 @@ fn write_batch(log: &LogShared, batch: &[Request]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Drops the batch's entries from the unflushed map: they are in the database now (or the
-/// store has failed). An entry replaced since (same index, newer log id) stays.
-fn forget_unflushed(log: &LogShared, batch: &[Request]) {
-    let mut unflushed = log.unflushed();
-    for request in batch {
-        if let Request::Append { entries, .. } = request {
-            for (log_id, _) in entries {
-                if unflushed.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
-                    unflushed.remove(&log_id.index);
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
         }
+    }
+
+    fn appended(indexes: std::ops::Range<u64>) -> Request {
+        Request::Append {
+            entries: indexes.map(|i| (entry(i).log_id, Vec::new())).collect(),
+            flushed: Box::new(|_| {}),
+        }
+    }
+
+    /// Committed entries leave memory oldest first once over the budget; entries not yet
+    /// committed never do, however large.
+    #[test]
+    fn recent_entries_are_bounded_but_never_drop_an_unflushed_one() {
+        let mut recent = Recent::default();
+        let size = RECENT_BYTES / 4;
+        for i in 0..8 {
+            recent.insert(entry(i), size);
+        }
+        // Nothing committed yet: all eight stay, over the budget.
+        recent.committed(&[]);
+        assert_eq!(recent.entries.len(), 8);
+        // 0..6 committed: the oldest go until the budget holds (6 and 7 are unflushed).
+        recent.committed(&[appended(0..6)]);
+        assert_eq!(
+            recent.entries.keys().copied().collect::<Vec<_>>(),
+            [4, 5, 6, 7]
+        );
+        assert_eq!(recent.bytes, 4 * size);
+        assert!(recent.all_of(4, 8).is_some());
+        assert!(
+            recent.all_of(3, 8).is_none(),
+            "3 must be read from the database"
+        );
+        // Truncation and purge take entries out whatever their state.
+        recent.committed(&[Request::Truncate {
+            since: 7,
+            done: oneshot::channel().0,
+        }]);
+        recent.committed(&[Request::Purge {
+            upto: entry(4).log_id,
+            done: oneshot::channel().0,
+        }]);
+        assert_eq!(recent.entries.keys().copied().collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(recent.bytes, 2 * size);
     }
 }
