@@ -212,40 +212,38 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         // nobody can see any more is erased. Its conversations are keyed by the lower
         // account id first: those where it is the lower one are one range, the others are
         // found through its `peer` rows.
-        let mut viewed = Vec::new();
-        let mut collect = |k: &[u8], _: &[u8]| {
-            viewed.push(MessageId(key::part(k, 2)));
-            true
-        };
-        self.t.scan(
+        let all = usize::MAX;
+        let mut viewed = query::scan_ids(
+            self.t,
             Table::Conversation,
-            Bound::Included(&key::triple(id.0, 0, 0)),
-            Bound::Included(&key::triple(id.0, u64::MAX, u64::MAX)),
+            &key::triple(id.0, 0, 0),
+            &key::triple(id.0, u64::MAX, u64::MAX),
+            2,
             false,
-            &mut collect,
+            all,
         )?;
-        let mut lower_peers = Vec::new();
-        self.t.scan(
+        let lower_peers = query::scan_ids(
+            self.t,
             Table::Peer,
-            Bound::Included(&key::pair(id.0, 0)),
-            Bound::Included(&key::pair(id.0, u64::MAX)),
+            &key::pair(id.0, 0),
+            &key::pair(id.0, u64::MAX),
+            1,
             false,
-            &mut |k, _| {
-                lower_peers.push(key::part(k, 1));
-                true
-            },
+            all,
         )?;
         for peer in &lower_peers {
-            self.t.scan(
+            viewed.extend(query::scan_ids(
+                self.t,
                 Table::Conversation,
-                Bound::Included(&key::triple(*peer, id.0, 0)),
-                Bound::Included(&key::triple(*peer, id.0, u64::MAX)),
+                &key::triple(*peer, id.0, 0),
+                &key::triple(*peer, id.0, u64::MAX),
+                2,
                 false,
-                &mut collect,
-            )?;
+                all,
+            )?);
         }
         for message_id in viewed {
-            self.hide(id, message_id)?;
+            self.hide(id, MessageId(message_id))?;
         }
         for peer in lower_peers {
             self.t.delete(Table::Peer, &key::pair(id.0, peer))?;

@@ -357,7 +357,7 @@ pub fn list_accounts<T: Tables + ?Sized>(
 }
 
 /// Collects up to `limit` values of key part `part` from the rows of `table` in `[start, end]`.
-fn scan_ids<T: Tables + ?Sized>(
+pub(crate) fn scan_ids<T: Tables + ?Sized>(
     t: &T,
     table: Table,
     start: &[u8],

@@ -166,6 +166,11 @@ impl Recent {
         (expected == end).then_some(all)
     }
 
+    /// Accounts for entries taken out of the map.
+    fn forget(&mut self, removed: BTreeMap<u64, Cached>) {
+        self.bytes -= removed.values().map(|c| c.bytes).sum::<usize>();
+    }
+
     /// Bookkeeping after `batch` committed: its entries are in the database, its truncations
     /// and purges are done.
     fn committed(&mut self, batch: &[Request]) {
@@ -183,7 +188,7 @@ impl Recent {
                 }
                 Request::Truncate { since, .. } => {
                     let removed = self.entries.split_off(since);
-                    self.bytes -= removed.values().map(|c| c.bytes).sum::<usize>();
+                    self.forget(removed);
                 }
                 Request::Purge { upto, .. } => {
                     let kept = match upto.index.checked_add(1) {
@@ -191,7 +196,7 @@ impl Recent {
                         None => BTreeMap::new(),
                     };
                     let removed = std::mem::replace(&mut self.entries, kept);
-                    self.bytes -= removed.values().map(|c| c.bytes).sum::<usize>();
+                    self.forget(removed);
                 }
                 Request::SaveVote { .. } | Request::SaveCommitted { .. } | Request::Sync { .. } => {
                 }
