@@ -23,7 +23,7 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 /// Where and as whom a node runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// Holds `log.redb`, `state.redb` and `snapshots/`.
+    /// Holds `log/`, `state.redb` and `snapshots/`.
     pub data_dir: PathBuf,
     /// This server's id in the cluster; a single server is node 1.
     pub node_id: u64,

@@ -21,10 +21,6 @@ pub enum StoreError {
     /// The store has been closed (openraft shut down and dropped it).
     #[error("the store is closed")]
     Closed,
-    /// The log writer failed a request: its transaction failed, an earlier one did (the
-    /// writer then fails everything), or the writer thread is gone.
-    #[error("log writer: {0}")]
-    LogWriter(String),
 }
 
 macro_rules! from_redb {
@@ -47,13 +43,6 @@ from_redb!(
 );
 
 impl StoreError {
-    pub(crate) fn into_io(self) -> std::io::Error {
-        match self {
-            StoreError::Io(e) => e,
-            other => std::io::Error::other(other.to_string()),
-        }
-    }
-
     fn any(&self) -> AnyError {
         AnyError::new(self)
     }
@@ -64,10 +53,6 @@ impl StoreError {
 
     pub(crate) fn write_logs(self) -> StorageError {
         StorageIOError::write_logs(self.any()).into()
-    }
-
-    pub(crate) fn read_vote(self) -> StorageError {
-        StorageIOError::read_vote(self.any()).into()
     }
 
     pub(crate) fn write_vote(self) -> StorageError {

@@ -1,7 +1,7 @@
-//! Corvid's durable storage: the Raft log and the vote in one redb file, the state machine
-//! in another.
+//! Corvid's durable storage: the Raft log and the vote in a write-ahead log (`raft-log`), the
+//! state machine in a redb file.
 //!
-//! `Store::open(dir, effects)` opens `dir/log.redb`, `dir/state.redb` (and `dir/snapshots/`)
+//! `Store::open(dir, effects)` opens `dir/log/`, `dir/state.redb` (and `dir/snapshots/`)
 //! and returns the two halves openraft drives — [`LogStore`] (`RaftLogStorage`, storage-v2)
 //! and [`StateMachine`] (`RaftStateMachine`) — plus a [`StoreReader`] the server keeps for
 //! queries. The type configuration is in [`typ`]; the tables are listed in `schema`.
@@ -10,14 +10,13 @@
 //!
 //! What is fsync'd, and when:
 //!
-//! * **Log appends, vote, truncate, purge** (`log.redb`): written by the log writer thread in
-//!   group commits, each one redb transaction committed with `Durability::Immediate` (fsync)
-//!   *before* any of its append callbacks fire or `save_vote`/`truncate`/`purge` return
-//!   (see [`log`]). openraft only counts an entry as accepted (and so only
-//!   commits and acknowledges it) after its callback. A log entry carries a batch of
-//!   commands (see [`typ::TypeConfig`]), so one fsync covers many client writes.
-//! * **`save_committed`**: queued in order, not awaited; written by the next log transaction,
-//!   with fsync if that transaction has other work, without otherwise.
+//! * **Log appends, vote, truncate, purge** (`log/`): appended as records to the write-ahead
+//!   log and fsync'd by its flush thread *before* an append's callback fires or
+//!   `save_vote`/`truncate`/`purge` return (see [`log`]). openraft only counts an entry as
+//!   accepted (and so only commits and acknowledges it) after its callback. A log entry
+//!   carries a batch of commands (see [`typ::TypeConfig`]), so one fsync covers many client
+//!   writes.
+//! * **`save_committed`**: buffered, not awaited; written (and fsync'd) with the next flush.
 //! * **State machine `apply`** (`state.redb`): one transaction per batch, committed with
 //!   `Durability::None` (no fsync), except the first batch after
 //!   [`state::SYNC_INTERVAL`] (1 s), committed with `Durability::Immediate`.
@@ -39,7 +38,7 @@
 //!    intact. A clean close (drop of the database) makes pending non-durable commits durable.
 //!
 //! So after a crash `state.redb` holds the state applied up to some `A` (its last durable
-//! commit, at most about a second old), and `log.redb` holds every entry it acknowledged.
+//! commit, at most about a second old), and the log holds every entry it acknowledged.
 //! Every entry in `(A, committed]` is still in the log because of the **architecture
 //! invariant: the log is never purged past an entry whose application is not durable.**
 //! openraft purges only up to a snapshot's last log id `S`; the snapshot was read from a
@@ -55,19 +54,18 @@
 //! Re-applying after a crash runs the effect sink again for those entries; at startup no
 //! client is connected yet, so nothing is pushed twice to a live session.
 //!
-//! Crash recovery cost: transactions use redb's default 1-phase commit with checksums (one
-//! fsync per commit), so after a crash redb repairs each file on open by walking it, which
-//! takes time proportional to its size. Quick-repair would make recovery instant at the
-//! price of a second fsync per commit on the hot path; it is not enabled.
+//! Crash recovery cost: state transactions use redb's default 1-phase commit with checksums,
+//! so after a crash redb repairs `state.redb` on open by walking it, which takes time
+//! proportional to its size; the log is replayed (its records checked and indexed, the
+//! payloads left encoded) on every open. Both are measured by `corvid-bench recovery`.
 //!
-//! # Why two files
+//! # Why the log is not in redb
 //!
-//! redb has one writer per file, and a commit holds it through its fsync. With the log and
-//! the state in one file, `apply` waited for every log fsync under way, and every log fsync
-//! wrote out all the state pages dirtied since the previous one. Apart, a log fsync writes
-//! only the appended entries while `apply` runs concurrently, and the state's dirty pages
-//! (the same B-tree leaves, rewritten by many batches) are written once per
-//! [`state::SYNC_INTERVAL`].
+//! The log and the state are apart so that a log fsync never holds up `apply` and writes only
+//! log records, while the state's dirty pages (the same B-tree leaves, rewritten by many
+//! batches) are written once per [`state::SYNC_INTERVAL`]. And the log is not a B-tree at
+//! all: appending one entry to redb rewrote about eleven scattered pages before its fsync,
+//! where the write-ahead log appends one record (see [`log`]).
 
 pub mod error;
 pub mod log;
@@ -81,7 +79,7 @@ pub mod typ;
 pub use error::StoreError;
 pub use log::{LogReader, LogStore};
 pub use state::{SnapshotBuilder, StateMachine};
-pub use store::{Closed, Store, StoreMetrics, StoreReader, LOG_FILE, SNAPSHOT_DIR, STATE_FILE};
+pub use store::{Closed, Store, StoreMetrics, StoreReader, LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 pub use tables::{ReadTables, WriteTables};
 
 /// Receives the effects of each applied batch, in log order, after its transaction has

@@ -1,13 +1,9 @@
-//! The catalogue of every redb table, besides the state tables that `corvid_core::Table`
-//! lists, and the encoding of the values the store itself writes. `raft_log` and `raft_meta`
-//! are in `log.redb`; `sm_meta` and the state tables in `state.redb`.
+//! The catalogue of every redb table of `state.redb`, besides the state tables that
+//! `corvid_core::Table` lists, and the encoding of the values the store itself writes. (The
+//! Raft log is not in redb: see `log`.)
 //!
 //! | table       | key                 | value                                     |
 //! |-------------|---------------------|-------------------------------------------|
-//! | `raft_log`  | log index (u64)     | postcard `Entry`                          |
-//! | `raft_meta` | `vote`              | postcard `Vote`                           |
-//! |             | `committed`         | postcard `Option<LogId>`                  |
-//! |             | `last_purged`       | postcard `LogId`                          |
 //! | `sm_meta`   | `last_applied`      | postcard `Option<LogId>`                  |
 //! |             | `last_membership`   | postcard `StoredMembership`               |
 //! |             | `snapshot`          | postcard `SnapshotRecord` (current one)   |
@@ -21,13 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::typ::SnapshotMeta;
 
-pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
-
-pub(crate) const VOTE: &str = "vote";
-pub(crate) const COMMITTED: &str = "committed";
-pub(crate) const LAST_PURGED: &str = "last_purged";
 
 pub(crate) const LAST_APPLIED: &str = "last_applied";
 pub(crate) const LAST_MEMBERSHIP: &str = "last_membership";
@@ -53,7 +43,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
     postcard::from_bytes(bytes).map_err(StoreError::Codec)
 }
 
-/// Reads and decodes one metadata row of `raft_meta` or `sm_meta`.
+/// Reads and decodes one metadata row of `sm_meta`.
 pub(crate) fn get_meta<T, M>(table: &M, key: &str) -> Result<Option<T>, StoreError>
 where
     T: DeserializeOwned,
@@ -63,15 +53,6 @@ where
         Some(bytes) => Ok(Some(decode(bytes.value())?)),
         None => Ok(None),
     }
-}
-
-/// Creates the log's tables, so that readers never meet a missing one.
-pub(crate) fn create_log_tables(db: &redb::Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
-    txn.open_table(RAFT_LOG)?;
-    txn.open_table(RAFT_META)?;
-    txn.commit()?;
-    Ok(())
 }
 
 /// Creates the state machine's tables, so that readers never meet a missing one.

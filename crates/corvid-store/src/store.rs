@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::error::StoreError;
 use crate::log::LogStore;
 use crate::schema::{
-    create_log_tables, create_state_tables, get_meta, SnapshotRecord, LAST_APPLIED, SM_META,
+    create_state_tables, get_meta, SnapshotRecord, LAST_APPLIED, SM_META,
     SNAPSHOT,
 };
 use crate::snapshot::SnapshotDir;
@@ -21,8 +21,8 @@ use crate::tables::ReadTables;
 use crate::typ::LogId;
 use crate::EffectSink;
 
-/// The Raft log's database file (log entries, vote, committed), inside the data directory.
-pub const LOG_FILE: &str = "log.redb";
+/// The directory of the Raft log (entries, vote, committed), inside the data directory.
+pub const LOG_DIR: &str = "log";
 /// The state machine's database file (the state tables, last applied, the current
 /// snapshot), inside the data directory.
 pub const STATE_FILE: &str = "state.redb";
@@ -44,7 +44,8 @@ pub(crate) struct Counters {
 /// A copy of the store's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreMetrics {
-    /// Log transactions committed with fsync (group commits).
+    /// Log flushes completed with fsync (each carries one append, vote, truncate or purge,
+    /// and the committed ids saved since the previous one).
     pub log_commits: u64,
     /// `append` calls made by openraft.
     pub log_appends: u64,
@@ -60,11 +61,8 @@ pub struct StoreMetrics {
     pub state_syncs: u64,
 }
 
-/// What every part of the store shares: the two database files. The log and the state are
-/// separate files so that a log fsync never holds up `apply` (redb has one writer per file
-/// and a commit holds it through its fsync), and so that a log fsync writes only log pages.
+/// What the log and the state machine share: the state database and the counters.
 pub(crate) struct Shared {
-    pub log_db: redb::Database,
     pub state_db: redb::Database,
     pub counters: Counters,
     /// Dropped right after the databases (fields drop in order): tells [`Closed`] the file is released.
@@ -92,14 +90,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`: `dir/log.redb`, `dir/state.redb` and
+    /// Opens (or creates) the store in `dir`: `dir/log/`, `dir/state.redb` and
     /// `dir/snapshots/`. `effects` receives the effects of every applied batch, after it
     /// commits.
     pub fn open(dir: impl AsRef<Path>, effects: EffectSink) -> Result<Store, StoreError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)?;
-        let log_db = redb::Database::create(dir.join(LOG_FILE))?;
-        create_log_tables(&log_db)?;
         let state_db = redb::Database::create(dir.join(STATE_FILE))?;
         create_state_tables(&state_db)?;
         let current: Option<SnapshotRecord> = {
@@ -110,13 +106,12 @@ impl Store {
         let snapshots = SnapshotDir::open(dir.join(SNAPSHOT_DIR), current)?;
         let (closed_tx, closed_rx) = oneshot::channel();
         let shared = Arc::new(Shared {
-            log_db,
             state_db,
             counters: Counters::default(),
             _closed: closed_tx,
         });
         Ok(Store {
-            log: LogStore::open(shared.clone())?,
+            log: LogStore::open(&dir.join(LOG_DIR), shared.clone())?,
             state_machine: StateMachine::new(shared.clone(), effects, Arc::new(snapshots)),
             reader: StoreReader {
                 shared: Arc::downgrade(&shared),

@@ -299,38 +299,6 @@ async fn purge_and_truncate_survive_a_reopen() {
 }
 
 #[tokio::test]
-async fn concurrent_appends_share_fsyncs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let before = store.log.log_commits();
-    let appends = 1000u64;
-    let mut flushed = Vec::new();
-    for i in 1..=appends {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        store
-            .log
-            .append_then(vec![entry(1, i, create("x", i))], move |r| {
-                let _ = done.send(r);
-            })
-            .unwrap();
-        flushed.push(wait);
-    }
-    for wait in flushed {
-        wait.await.unwrap().unwrap();
-    }
-    let commits = store.log.log_commits() - before;
-    eprintln!("{appends} appends, {commits} fsync'd log commits");
-    assert!(commits >= 1);
-    assert!(
-        commits < appends,
-        "{appends} appends took {commits} fsync'd commits"
-    );
-    let metrics = store.reader.metrics();
-    assert_eq!(metrics.log_appends, appends);
-    assert_eq!(metrics.log_entries, appends);
-}
-
-#[tokio::test]
 async fn appended_entries_are_readable_before_they_are_flushed() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());

@@ -91,17 +91,10 @@ pub async fn run(
     drop(senders);
     let recipient_tokens: Vec<_> = recipients.iter().map(|u| u.token).collect();
     drop(recipients);
-    // The database files (the log's and the state's), not the snapshots.
+    // The log's chunk files and the state database, not the snapshots.
     let data = server.data_dir().join("data");
-    let db_bytes: u64 = std::fs::read_dir(&data)
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|f| f.path().extension().is_some_and(|e| e == "redb"))
-                .filter_map(|f| f.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
+    let db_bytes = files_bytes(&data.join(corvid_store::LOG_DIR))
+        + files_bytes(&data.join(corvid_store::STATE_FILE));
     report.set(
         "db_mib",
         (db_bytes as f64 / 1048576.0 * 10.0).round() / 10.0,
@@ -187,4 +180,17 @@ async fn first_request(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     None
+}
+
+/// The bytes of the file at `path`, or of the files directly in it if it is a directory.
+fn files_bytes(path: &std::path::Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(dir) => dir
+            .filter_map(Result::ok)
+            .filter_map(|f| f.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+        Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
 }
