@@ -27,10 +27,25 @@ pub struct Config {
     /// Address of the gRPC listener, or `"off"` for no gRPC. Port 0 picks a free port.
     #[serde(with = "optional_address")]
     pub grpc_listen: Option<SocketAddr>,
+    /// Threads of the async runtime, which serves connections and runs Raft. 0 (the
+    /// default) means one fewer than the machine's cores, at least one: the state machine
+    /// applies on a thread of its own, and the log fsyncs on another.
+    pub worker_threads: usize,
     pub limits: Limits,
     pub sessions: Sessions,
     pub log: Log,
     pub tls: Tls,
+}
+
+impl Config {
+    /// The number of runtime threads to start (see [`Config::worker_threads`]).
+    pub fn runtime_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores.saturating_sub(1).max(1)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,6 +120,7 @@ impl Default for Config {
             data_dir: PathBuf::from("corvid-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_GRPC_PORT))),
+            worker_threads: 0,
             limits: Limits::default(),
             sessions: Sessions::default(),
             log: Log::default(),
@@ -298,6 +314,18 @@ mod tests {
         let grpc = config.grpc_listen.expect("gRPC is on by default");
         assert_eq!(grpc.port(), DEFAULT_GRPC_PORT);
         assert!(grpc.ip().is_loopback());
+    }
+
+    #[test]
+    fn runtime_threads_leave_a_core_to_the_state_machine_unless_told() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let automatic = Config::default().runtime_threads();
+        assert!(automatic >= 1);
+        if cores > 1 {
+            assert!(automatic < cores, "{automatic} threads on {cores} cores");
+        }
+        let config = Config::from_toml("worker_threads = 3").unwrap();
+        assert_eq!(config.runtime_threads(), 3);
     }
 
     #[test]

@@ -203,9 +203,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// `corvid serve`: runs until SIGTERM or Ctrl-C, then shuts down cleanly.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
+/// `corvid serve` with `config` (see [`ServeArgs::config`]): runs until SIGTERM or Ctrl-C, then
+/// shuts down cleanly.
+pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config.log);
     let data_dir = config.data_dir.clone();
     let server = start(config).await?;

@@ -30,21 +30,28 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    // The server wants every core; a client command does a few calls and is done.
-    let mut runtime = match cli.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
-        _ => tokio::runtime::Builder::new_current_thread(),
-    };
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .map_err(|err| CliError::local("runtime", format!("cannot start the runtime: {err}")))?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => corvid_server::run(args).await.map_err(CliError::Server),
-            command => commands::run(cli.global, command).await,
+    let runtime_error =
+        |err: std::io::Error| CliError::local("runtime", format!("cannot start the runtime: {err}"));
+    match cli.command {
+        Command::Serve(args) => {
+            // The configuration says how many runtime threads the server wants.
+            let config = args.config().map_err(CliError::Server)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.runtime_threads())
+                .enable_all()
+                .build()
+                .map_err(runtime_error)?;
+            runtime
+                .block_on(corvid_server::run(config))
+                .map_err(CliError::Server)
         }
-    })
+        // A client command does a few calls and is done.
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(runtime_error)?
+            .block_on(commands::run(cli.global, command)),
+    }
 }
 
 /// Help and version go to stdout as usual; a real usage error becomes one line.
