@@ -78,6 +78,11 @@ enum Workload {
     Unloaded {
         #[arg(long, default_value_t = 2000)]
         messages: usize,
+        /// The two users take turns, so that one message is in flight in all (reported as
+        /// `unloaded-alternate`). Without it each keeps one send unacknowledged, and a
+        /// message may wait for the other user's fsync.
+        #[arg(long)]
+        alternate: bool,
     },
     /// N idle logged-in (subscribed) connections: server memory per connection.
     Connections {
@@ -160,7 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let options = cli_view(&cli);
     let workloads = match cli.command {
         Workload::All => vec![
-            Workload::Unloaded { messages: 2000 },
+            Workload::Unloaded {
+                messages: 2000,
+                alternate: false,
+            },
             Workload::Online {
                 users: 200,
                 messages: 200,
@@ -251,16 +259,26 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
                 users,
                 messages,
                 window,
+                alternate: false,
             };
             online::run(&target, common, &params, "online").await?
         }
-        Workload::Unloaded { messages } => {
+        Workload::Unloaded {
+            messages,
+            alternate,
+        } => {
             let params = OnlineParams {
                 users: 2,
                 messages,
                 window: 1,
+                alternate,
             };
-            online::run(&target, common, &params, "unloaded").await?
+            let name = if alternate {
+                "unloaded-alternate"
+            } else {
+                "unloaded"
+            };
+            online::run(&target, common, &params, name).await?
         }
         Workload::Offline {
             recipients,

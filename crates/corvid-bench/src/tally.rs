@@ -68,6 +68,11 @@ pub struct Ledger {
     strays: AtomicU64,
     /// When the last distinct message arrived, in ns since the epoch.
     last_arrival_ns: AtomicU64,
+    /// Messages stamped for sending and not arrived yet, and the most there ever were.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    /// Woken at every first arrival.
+    arrival: tokio::sync::Notify,
 }
 
 /// The ledger's verdict at the end of a run.
@@ -97,6 +102,9 @@ impl Ledger {
             duplicates: AtomicU64::new(0),
             strays: AtomicU64::new(0),
             last_arrival_ns: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            arrival: tokio::sync::Notify::new(),
         }
     }
 
@@ -111,6 +119,8 @@ impl Ledger {
 
     /// The tag for message `seq` of `sender` to `recipient`, stamped now.
     pub fn tag(&self, sender: usize, seq: usize, recipient: usize) -> Tag {
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(in_flight, Ordering::Relaxed);
         Tag {
             sender: sender as u32,
             seq: seq as u32,
@@ -157,6 +167,8 @@ impl Ledger {
         self.unique.fetch_add(1, Ordering::Relaxed);
         self.last_arrival_ns
             .fetch_max(self.now_ns(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.arrival.notify_waiters();
         Some(tag)
     }
 
@@ -177,6 +189,23 @@ impl Ledger {
     /// Distinct messages received so far, by everyone.
     pub fn delivered(&self) -> u64 {
         self.unique.load(Ordering::Relaxed)
+    }
+
+    /// The most messages that were ever sent (stamped) and not arrived yet at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Returns once `count` distinct messages have arrived.
+    pub async fn delivered_at_least(&self, count: u64) {
+        loop {
+            // Registered before the check, so an arrival in between still wakes it.
+            let arrived = self.arrival.notified();
+            if self.delivered() >= count {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// Acknowledged sends so far.

@@ -37,6 +37,7 @@ async fn online_and_unloaded_deliver_every_message_once() {
         users: 3,
         messages: 20,
         window: 4,
+        alternate: false,
     };
     let report = online::run(&target, &common(), &params, "online")
         .await
@@ -46,16 +47,28 @@ async fn online_and_unloaded_deliver_every_message_once() {
     assert_eq!(report.get("lost").unwrap(), 0);
     assert!(report.get("latency").unwrap()["p50_ms"].as_f64().unwrap() > 0.0);
 
-    let params = OnlineParams {
+    let mut params = OnlineParams {
         users: 2,
         messages: 10,
         window: 1,
+        alternate: false,
     };
     let report = online::run(&target, &common(), &params, "unloaded")
         .await
         .unwrap();
     assert!(report.passed(), "{}", report.table());
     assert_eq!(report.get("delivered").unwrap(), 20);
+
+    // Taking turns, each send waits for the previous message to arrive: the run still
+    // ends by itself with every message delivered once.
+    params.alternate = true;
+    let report = online::run(&target, &common(), &params, "unloaded-alternate")
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.get("delivered").unwrap(), 20);
+    assert_eq!(report.get("alternate").unwrap(), true);
+    assert_eq!(report.get("max_in_flight").unwrap(), 1);
     server.shutdown().await.unwrap();
 }
 
@@ -97,6 +110,7 @@ async fn online_over_grpc_delivers_every_message_once() {
         users: 3,
         messages: 10,
         window: 4,
+        alternate: false,
     };
     let report = online::run(&target, &common, &params, "online")
         .await

@@ -80,6 +80,16 @@ pub struct SendJob {
     pub deadline: Instant,
     pub bar: ProgressBar,
     pub seed: u64,
+    /// Senders take turns (see [`Turns`]) instead of each sending on its own.
+    pub turns: Option<Turns>,
+}
+
+/// Senders `0..senders` take turns, one message at a time: message `seq` of sender `s` is
+/// turn `seq * senders + s`, sent once every earlier turn's message has arrived. So exactly
+/// one message is in flight, and none queues behind another.
+#[derive(Clone, Copy, Debug)]
+pub struct Turns {
+    pub senders: usize,
 }
 
 /// What every sender shares when a pool of senders writes to a pool of recipients.
@@ -119,6 +129,7 @@ pub async fn send_from_pool(
                 deadline: pool.deadline,
                 bar: pool.bar.clone(),
                 seed: pool.seed,
+                turns: None,
             }))
         })
         .collect();
@@ -184,6 +195,10 @@ pub async fn send_all(job: SendJob) -> SendStats {
                 if let Some(done) = in_flight.next().await {
                     settle(&job, &mut stats, done);
                 }
+            }
+            if let Some(turns) = job.turns {
+                let turn = (seq * turns.senders + job.sender) as u64;
+                job.ledger.delivered_at_least(turn).await;
             }
             let recipient = job.recipients.pick(&mut rng, job.sender, job.pool_size);
             let tag = job.ledger.tag(job.sender, seq, recipient);

@@ -19,6 +19,8 @@ pub struct OnlineParams {
     pub users: usize,
     pub messages: usize,
     pub window: usize,
+    /// The users take turns: one message in flight in all (see [`super::Turns`]).
+    pub alternate: bool,
 }
 
 /// Runs the workload under the name `workload` (`online` or `unloaded`).
@@ -33,6 +35,7 @@ pub async fn run(
     report.set("users", params.users as u64);
     report.set("messages_per_user", params.messages as u64);
     report.set("window", params.window as u64);
+    report.set("alternate", params.alternate);
     report.set("text_bytes", common.text_bytes as u64);
 
     let setup = std::time::Instant::now();
@@ -87,6 +90,9 @@ pub async fn run(
                 deadline,
                 bar: progress::bar(0, "", false),
                 seed,
+                turns: params.alternate.then_some(super::Turns {
+                    senders: params.users,
+                }),
             }))
         })
         .collect();
@@ -115,6 +121,7 @@ pub async fn run(
     report.set("latency", report::latency_json(&received.latency));
     report.set("ack_latency", report::latency_json(&sends.ack_latency));
     report.set("receipts", received.receipts);
+    report.set("max_in_flight", ledger.max_in_flight());
     usage.finish(target, &mut report, tally.delivered);
     super::conclude(&mut report, &ledger, &sends, !delivered_all);
     if let Some(error) = received.error {
