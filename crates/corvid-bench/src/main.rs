@@ -114,6 +114,9 @@ enum Workload {
         count: usize,
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Write over blocks already written and fsync'd instead of appending.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Draws the latest result of each workload in RESULTS as an SVG.
     Plot { results: PathBuf, output: PathBuf },
@@ -151,8 +154,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         println!("wrote {}", output.display());
         return Ok(true);
     }
-    if let Workload::Fsync { count, dir } = &cli.command {
-        let report = corvid_bench::disk::fsync_loop(dir, *count)?;
+    if let Workload::Fsync {
+        count,
+        dir,
+        overwrite,
+    } = &cli.command
+    {
+        let report = corvid_bench::disk::fsync_loop(dir, *count, *overwrite)?;
         let context = report::context("none", "none", cli.label.as_deref());
         let line = report.to_json(&context);
         print!("{}", report.table());

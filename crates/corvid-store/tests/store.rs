@@ -1,5 +1,5 @@
 //! The store's own guarantees, beyond openraft's suite: what survives a reopen, what a
-//! batch applies and emits, and that concurrent appends share fsyncs.
+//! batch applies and emits, and that appended entries are readable before their fsync.
 
 use std::collections::BTreeSet;
 use std::path::Path;
