@@ -12,4 +12,4 @@ mod node;
 pub mod proposer;
 
 pub use corvid_store::typ;
-pub use node::{raft_config, Node, NodeConfig, NodeError, SNAPSHOT_EVERY};
+pub use node::{raft_config, Node, NodeConfig, NodeError, SNAPSHOT_EVERY, SNAPSHOT_LOG_BYTES};

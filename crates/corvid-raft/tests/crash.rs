@@ -32,6 +32,7 @@ fn config(dir: &Path, snapshot_every: u64) -> NodeConfig {
         data_dir: dir.to_path_buf(),
         node_id: 1,
         advertise_addr: "127.0.0.1:7000".into(),
+        snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
         snapshot_every,
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use corvid_core::{query, AccountId, Command, Effect, MessageId, Outcome, SessionPolicy, Token};
 use corvid_raft::{Node, NodeConfig, NodeError};
@@ -14,6 +15,7 @@ fn config(dir: &Path) -> NodeConfig {
         data_dir: dir.to_path_buf(),
         node_id: 1,
         advertise_addr: "127.0.0.1:7000".into(),
+        snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
     }
 }
@@ -231,5 +233,38 @@ async fn committed_entries_missing_from_the_state_are_reapplied_at_start() {
     assert_eq!(unread_texts(&node, AccountId(2)).await, ["from the log"]);
     let next = sent_id(node.write(send(alice, "bob", "after")).await.unwrap());
     assert_eq!(next, MessageId(2));
+    node.shutdown().await.unwrap();
+}
+
+/// Entries vary in size, so the entry count alone does not bound the log: once it has grown
+/// by `snapshot_log_bytes`, a snapshot is taken (and the log can be purged behind it) long
+/// before `snapshot_every` entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_log_is_snapshotted_by_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        snapshot_log_bytes: 64 << 10,
+        ..config(dir.path())
+    };
+    let node = Node::open(config, no_effects()).await.unwrap();
+    let alice = Token([5; 16]);
+    alice_and_bob(&node, alice).await;
+    assert_eq!(node.raft().metrics().borrow().snapshot, None);
+    let text = "x".repeat(1000);
+    for _ in 0..100 {
+        node.write(send(alice, "bob", &text)).await.unwrap();
+    }
+    let log_bytes = node.store_metrics().log_bytes;
+    assert!(log_bytes > 100 << 10, "the log holds {log_bytes} bytes");
+    let snapshot = node
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some(), "a snapshot")
+        .await
+        .unwrap()
+        .snapshot;
+    let last_log = node.raft().metrics().borrow().last_log_index.unwrap();
+    assert!(last_log < corvid_raft::SNAPSHOT_EVERY, "{last_log} entries");
+    assert!(snapshot.unwrap().index > 3, "{snapshot:?}");
     node.shutdown().await.unwrap();
 }

@@ -161,6 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         node_id: 1,
         advertise_addr: wire_addr.to_string(),
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
+        snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
     };
     let node = corvid_raft::Node::open(node_config, effects)
         .await

@@ -228,6 +228,10 @@ impl LogShared {
         let mut wal = self.wal();
         write(&mut wal)?;
         wal.flush(true, Some(flushed))?;
+        self.store
+            .counters
+            .log_bytes
+            .store(wal.on_disk_size(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -293,6 +297,10 @@ impl LogStore {
     pub(crate) fn open(dir: &std::path::Path, store: Arc<Shared>) -> Result<LogStore, StoreError> {
         std::fs::create_dir_all(dir)?;
         let wal = RaftLog::open(Arc::new(config(dir)))?;
+        store
+            .counters
+            .log_bytes
+            .store(wal.on_disk_size(), Ordering::Relaxed);
         Ok(LogStore {
             log: Arc::new(LogShared {
                 wal: Mutex::new(wal),

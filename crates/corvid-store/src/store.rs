@@ -39,6 +39,7 @@ pub(crate) struct Counters {
     pub applied_entries: AtomicU64,
     pub applied_commands: AtomicU64,
     pub state_syncs: AtomicU64,
+    pub log_bytes: AtomicU64,
 }
 
 /// A copy of the store's counters.
@@ -59,6 +60,9 @@ pub struct StoreMetrics {
     pub applied_commands: u64,
     /// State transactions committed with fsync (see `state`: about one a second under load).
     pub state_syncs: u64,
+    /// Bytes of the log's chunk files, as of its last write. Purged entries leave only with
+    /// their whole chunk.
+    pub log_bytes: u64,
 }
 
 /// What the log and the state machine share: the state database and the counters.
@@ -168,6 +172,7 @@ impl StoreReader {
             applied_entries: c.applied_entries.load(Ordering::Relaxed),
             applied_commands: c.applied_commands.load(Ordering::Relaxed),
             state_syncs: c.state_syncs.load(Ordering::Relaxed),
+            log_bytes: c.log_bytes.load(Ordering::Relaxed),
         }
     }
 }
