@@ -12,8 +12,7 @@ use tokio::sync::oneshot;
 use crate::error::StoreError;
 use crate::log::LogStore;
 use crate::schema::{
-    create_state_tables, get_meta, SnapshotRecord, LAST_APPLIED, SM_META,
-    SNAPSHOT,
+    create_state_tables, get_meta, SnapshotRecord, LAST_APPLIED, SM_META, SNAPSHOT,
 };
 use crate::snapshot::SnapshotDir;
 use crate::state::StateMachine;

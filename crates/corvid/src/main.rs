@@ -30,8 +30,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    let runtime_error =
-        |err: std::io::Error| CliError::local("runtime", format!("cannot start the runtime: {err}"));
+    let runtime_error = |err: std::io::Error| {
+        CliError::local("runtime", format!("cannot start the runtime: {err}"))
+    };
     match cli.command {
         Command::Serve(args) => {
             // The configuration says how many runtime threads the server wants.
