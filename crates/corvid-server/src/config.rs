@@ -37,6 +37,9 @@ pub struct Config {
     pub tls: Tls,
 }
 
+/// The most runtime threads a configuration may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 impl Config {
     /// The number of runtime threads to start (see [`Config::worker_threads`]).
     pub fn runtime_threads(&self) -> usize {
@@ -230,6 +233,9 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return fail("tls.cert and tls.key go together: give both or neither");
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return fail("worker_threads must be 0 (automatic) to 1024");
+        }
         Ok(())
     }
 
@@ -326,6 +332,8 @@ mod tests {
         }
         let config = Config::from_toml("worker_threads = 3").unwrap();
         assert_eq!(config.runtime_threads(), 3);
+        let absurd = Config::from_toml("worker_threads = 100000").unwrap();
+        assert!(absurd.validate().is_err());
     }
 
     #[test]
