@@ -268,3 +268,41 @@ async fn a_growing_log_is_snapshotted_by_its_size() {
     assert!(snapshot.unwrap().index > 3, "{snapshot:?}");
     node.shutdown().await.unwrap();
 }
+
+/// Pushes are handed out before the state transaction commits (the entry is already in the
+/// log), so a push can come before the state shows its message; a linearizable read made on
+/// receiving the push waits for the commit and sees the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_precedes_the_state_commit_and_a_read_after_it_sees_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Token([1; 16]);
+    let (pushes, mut pushed) = tokio::sync::mpsc::unbounded_channel();
+    let effects: EffectSink = Arc::new(move |effects: &[Effect]| {
+        for effect in effects {
+            if let Effect::Message { message, .. } = effect {
+                let _ = pushes.send(message.id);
+                // Hold the commit back while the test reads.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let node = Arc::new(Node::open(config(dir.path()), effects).await.unwrap());
+    let bob = alice_and_bob(&node, alice).await;
+    let unread_ids = |t: &dyn corvid_core::Tables| {
+        query::fetch_unread(t, bob, 10).map(|m| m.into_iter().map(|m| m.id).collect::<Vec<_>>())
+    };
+    for round in 0..3 {
+        let writer = node.clone();
+        let write = tokio::spawn(async move { writer.write(send(alice, "bob", "hi")).await });
+        let id = pushed.recv().await.unwrap();
+        let before_commit = node.read_local(unread_ids).unwrap().unwrap();
+        assert!(
+            !before_commit.contains(&id),
+            "round {round}: the push came after the commit"
+        );
+        let read = node.read(unread_ids).await.unwrap().unwrap();
+        assert!(read.contains(&id), "round {round}: {read:?} lacks {id:?}");
+        assert_eq!(sent_id(write.await.unwrap().unwrap()), id);
+    }
+    node.shutdown().await.unwrap();
+}

@@ -257,6 +257,83 @@ async fn two_users_chat_with_live_push_and_receipts() {
     server.shutdown().await.unwrap();
 }
 
+/// A push leaves the server before the state transaction that stores the message has
+/// committed; a read made on receiving it must still see the message.
+#[tokio::test]
+async fn a_pushed_message_is_already_in_the_recipients_history_and_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let mut alice = Conn::open(server.wire_addr()).await;
+    let mut bob = Conn::open(server.wire_addr()).await;
+    alice.register("alice").await;
+    bob.register("bob").await;
+    let (alice_token, _) = alice.login("alice").await;
+    let (bob_token, _) = bob.login("bob").await;
+    assert!(matches!(
+        bob.call(Request::Subscribe {
+            token: bob_token,
+            after: None
+        })
+        .await,
+        Ok(Response::Subscribed { .. })
+    ));
+    for round in 0..100 {
+        let text = format!("message {round}");
+        // Not waiting for the answer: bob reads as soon as the push arrives.
+        alice
+            .send_request(Request::Send {
+                token: alice_token,
+                to: "bob".into(),
+                text: text.clone(),
+                client_id: 0,
+            })
+            .await;
+        let Event::Message(pushed) = bob.event().await else {
+            panic!("expected a message")
+        };
+        assert_eq!(pushed.text, text);
+        let history = bob
+            .call(Request::History {
+                token: bob_token,
+                with: "alice".into(),
+                before: None,
+                limit: Some(1),
+            })
+            .await;
+        let Ok(Response::History(page)) = history else {
+            panic!("{history:?}")
+        };
+        assert_eq!(
+            page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [pushed.id],
+            "round {round}: the newest message in bob's history"
+        );
+        let unread = bob
+            .call(Request::FetchUnread {
+                token: bob_token,
+                limit: None,
+            })
+            .await;
+        let Ok(Response::Messages { messages }) = unread else {
+            panic!("{unread:?}")
+        };
+        assert!(
+            messages.iter().any(|m| m.id == pushed.id),
+            "round {round}: the pushed message is unread"
+        );
+        assert_eq!(
+            bob.call(Request::MarkRead {
+                token: bob_token,
+                ids: vec![pushed.id]
+            })
+            .await,
+            Ok(Response::MarkedRead { count: 1 })
+        );
+        assert!(matches!(alice.answer().await, Frame::Response { .. }));
+    }
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn offline_messages_wait_and_a_resubscribe_resumes_after_the_last_seen_id() {
     let dir = tempfile::tempdir().unwrap();

@@ -82,9 +82,10 @@ pub use state::{SnapshotBuilder, StateMachine};
 pub use store::{Closed, Store, StoreMetrics, StoreReader, LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 pub use tables::{ReadTables, WriteTables};
 
-/// Receives the effects of each applied batch, in log order, after its transaction has
-/// committed. The server pushes messages and receipts to its connected clients from here;
-/// it must not block for long (it runs on the state machine's task).
+/// Receives the effects of each applied batch, in log order, once the batch is applied and
+/// before its transaction commits (its entries are committed in the log already; see the
+/// `state` module). The server pushes messages and receipts to its connected clients from
+/// here; it must not block for long (it runs on the thread applying the batch).
 pub type EffectSink = std::sync::Arc<dyn Fn(&[corvid_core::Effect]) + Send + Sync>;
 
 /// An effect sink that drops everything, for tools and tests.

@@ -254,7 +254,7 @@ mod tests {
         crate::schema::create_state_tables(&db).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut tables = crate::tables::WriteTables::open(&txn).unwrap();
+            let mut tables = crate::tables::WriteTables::new(&txn);
             tables
                 .put(Table::Meta, b"next_message", &[0, 0, 0, 0, 0, 0, 0, 7])
                 .unwrap();
@@ -267,7 +267,7 @@ mod tests {
 
     fn encoded(db: &redb::Database) -> Vec<u8> {
         let txn = db.begin_read().unwrap();
-        let tables = ReadTables::open(&txn).unwrap();
+        let tables = ReadTables::new(&txn);
         let mut out = Vec::new();
         write(&mut out, &SnapshotMeta::default(), &tables).unwrap();
         out

@@ -4,8 +4,15 @@
 //! committed with [`Durability::None`] (no fsync), except that the first batch after
 //! [`SYNC_INTERVAL`] is committed with fsync, which makes every earlier one durable too. The
 //! log holds every entry after the last durable batch (see the crate documentation for why
-//! that is safe). The core's effects are handed to the effect sink only after the
-//! transaction has committed.
+//! that is safe).
+//!
+//! The core's effects (pushes, receipts, ended sessions) are handed to the effect sink as
+//! soon as the whole batch has been applied inside the transaction, before it commits: the
+//! entries are already committed in the log, so whatever a push shows will exist after any
+//! restart (a failed commit stops the server, and replay applies the same entries to the
+//! same result). A read that must see a pushed message is linearizable, and waits until
+//! openraft knows the batch is applied, which is after the commit. This takes the commit
+//! and a thread hand-off off the push path.
 
 use std::fs::File;
 use std::io::SeekFrom;
@@ -66,15 +73,17 @@ impl StateMachine {
     }
 }
 
-/// Applies `entries` in one transaction, fsync'd if `sync`. Returns the outcomes of each
-/// entry (one per command), and the effects of all of them in order.
+/// Applies `entries` in one transaction, fsync'd if `sync`, and hands their effects to
+/// `sink` (in order) before the commit. Returns the outcomes of each entry (one per
+/// command).
 fn apply_batch(
     shared: &Shared,
     entries: &[Entry],
     sync: bool,
-) -> Result<(Vec<Vec<Outcome>>, Vec<Effect>), StoreError> {
+    sink: &EffectSink,
+) -> Result<Vec<Vec<Outcome>>, StoreError> {
     let mut outcomes = Vec::with_capacity(entries.len());
-    let mut effects = Vec::new();
+    let mut effects: Vec<Effect> = Vec::new();
     let mut txn = shared.state_db.begin_write()?;
     if !sync {
         txn.set_durability(Durability::None)?;
@@ -82,7 +91,7 @@ fn apply_batch(
     {
         // Counters, accounts and sessions are reread and rewritten by most commands: keep
         // them in memory for the batch and write each changed row once.
-        let mut tables = WriteBack::new(WriteTables::open(&txn)?);
+        let mut tables = WriteBack::new(WriteTables::new(&txn));
         let mut meta = txn.open_table(SM_META)?;
         let mut last_applied = None;
         for entry in entries {
@@ -107,6 +116,9 @@ fn apply_batch(
             }
             last_applied = Some(entry.log_id);
         }
+        if !effects.is_empty() {
+            sink(&effects);
+        }
         tables.finish()?;
         meta.insert(LAST_APPLIED, encode(&last_applied)?.as_slice())?;
     }
@@ -119,7 +131,7 @@ fn apply_batch(
             "state fsync"
         );
     }
-    Ok((outcomes, effects))
+    Ok(outcomes)
 }
 
 fn applied_state(shared: &Shared) -> Result<(Option<LogId>, StoredMembership), StoreError> {
@@ -162,7 +174,7 @@ fn build_snapshot(shared: &Shared, snapshots: &SnapshotDir) -> Result<SnapshotRe
         let membership = get_meta(&meta, LAST_MEMBERSHIP)?.unwrap_or_default();
         (last_applied, membership)
     };
-    let tables = ReadTables::open(&txn)?;
+    let tables = ReadTables::new(&txn);
     let seq = snapshots.next_seq();
     let snapshot_id = match last_applied {
         Some(id) => format!(
@@ -222,10 +234,12 @@ fn load_snapshot(
     let _changing = snapshots.lock_changes();
     let txn = shared.state_db.begin_write()?;
     for table in corvid_core::Table::ALL {
+        // Emptied by recreating: a table the snapshot has no rows for must still exist.
         txn.delete_table(state_table(table))?;
+        txn.open_table(state_table(table))?;
     }
     {
-        let mut tables = WriteTables::open(&txn)?;
+        let mut tables = WriteTables::new(&txn);
         snapshot::read_rows(&mut input, |table, key, value| {
             Ok(corvid_core::TablesMut::put(&mut tables, table, key, value)?)
         })?;
@@ -306,8 +320,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .sum();
         let sync = self.last_sync.elapsed() >= SYNC_INTERVAL;
         let shared = self.shared.clone();
-        let (outcomes, effects) =
-            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries, sync))
+        let sink = self.effects.clone();
+        let outcomes =
+            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries, sync, &sink))
                 .await
                 .map_err(|e| join_error(e).write_state_machine())?
                 .map_err(StoreError::write_state_machine)?;
@@ -321,9 +336,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         counters
             .applied_commands
             .fetch_add(commands as u64, Ordering::Relaxed);
-        if !effects.is_empty() {
-            (self.effects)(&effects);
-        }
         Ok(outcomes)
     }
 

@@ -94,8 +94,8 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir`: `dir/log/`, `dir/state.redb` and
-    /// `dir/snapshots/`. `effects` receives the effects of every applied batch, after it
-    /// commits.
+    /// `dir/snapshots/`. `effects` receives the effects of every applied batch, just
+    /// before it commits.
     pub fn open(dir: impl AsRef<Path>, effects: EffectSink) -> Result<Store, StoreError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)?;
@@ -145,7 +145,7 @@ impl StoreReader {
         // Held until the transaction ends, so the database outlives it.
         let shared = self.shared()?;
         let txn = shared.state_db.begin_read()?;
-        let tables = ReadTables::open(&txn)?;
+        let tables = ReadTables::new(&txn);
         Ok(f(&tables))
     }
 

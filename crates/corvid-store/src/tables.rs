@@ -1,8 +1,10 @@
 //! The core's [`Tables`] / [`TablesMut`] over redb transactions.
 //!
-//! Every state table is opened once per transaction (when the view is made), not once per
-//! call: `apply` runs thousands of gets and puts per batch.
+//! A state table is opened at most once per transaction, on its first use, not once per
+//! call: `apply` runs thousands of gets and puts per batch, and a single send touches only
+//! some of the tables (opening all ten cost a sixth of a lone send's apply).
 
+use std::cell::OnceCell;
 use std::ops::Bound;
 
 use corvid_core::{StorageFault, Table, Tables, TablesMut};
@@ -91,32 +93,61 @@ where
     visit_range(range, reverse, visit)
 }
 
+/// A write transaction's state table.
+type WriteTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+/// A read transaction's state table.
+type ReadTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// One cell per state table, in [`Table::ALL`] order, each filled when first used.
+fn unopened<T>() -> [OnceCell<T>; Table::ALL.len()] {
+    std::array::from_fn(|_| OnceCell::new())
+}
+
+/// The table in `cells`, opened with `open` the first time it is asked for.
+fn opened<T, E: std::fmt::Display>(
+    cells: &[OnceCell<T>; Table::ALL.len()],
+    table: Table,
+    open: impl FnOnce() -> Result<T, E>,
+) -> Result<&T, StorageFault> {
+    let cell = &cells[table.tag() as usize];
+    if let Some(opened) = cell.get() {
+        return Ok(opened);
+    }
+    let opened = open().map_err(fault)?;
+    Ok(cell.get_or_init(|| opened))
+}
+
 /// The state tables inside one write transaction.
 pub struct WriteTables<'txn> {
-    tables: Vec<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+    txn: &'txn WriteTransaction,
+    tables: [OnceCell<WriteTable<'txn>>; Table::ALL.len()],
 }
 
 impl<'txn> WriteTables<'txn> {
-    pub fn open(txn: &'txn WriteTransaction) -> Result<WriteTables<'txn>, StoreError> {
-        let mut tables = Vec::with_capacity(Table::ALL.len());
-        for table in Table::ALL {
-            tables.push(txn.open_table(state_table(table))?);
+    pub fn new(txn: &'txn WriteTransaction) -> WriteTables<'txn> {
+        WriteTables {
+            txn,
+            tables: unopened(),
         }
-        Ok(WriteTables { tables })
     }
 
-    fn table(&self, table: Table) -> &redb::Table<'txn, &'static [u8], &'static [u8]> {
-        &self.tables[table.tag() as usize]
+    fn table(&self, table: Table) -> Result<&WriteTable<'txn>, StorageFault> {
+        opened(&self.tables, table, || {
+            self.txn.open_table(state_table(table))
+        })
     }
 
-    fn table_mut(&mut self, table: Table) -> &mut redb::Table<'txn, &'static [u8], &'static [u8]> {
-        &mut self.tables[table.tag() as usize]
+    fn table_mut(&mut self, table: Table) -> Result<&mut WriteTable<'txn>, StorageFault> {
+        self.table(table)?;
+        Ok(self.tables[table.tag() as usize]
+            .get_mut()
+            .expect("the table was opened just above"))
     }
 }
 
 impl Tables for WriteTables<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault> {
-        get_row(self.table(table), key)
+        get_row(self.table(table)?, key)
     }
 
     fn scan(
@@ -127,39 +158,41 @@ impl Tables for WriteTables<'_> {
         reverse: bool,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageFault> {
-        scan_rows(self.table(table), start, end, reverse, visit)
+        scan_rows(self.table(table)?, start, end, reverse, visit)
     }
 }
 
 impl TablesMut for WriteTables<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StorageFault> {
-        self.table_mut(table).insert(key, value).map_err(fault)?;
+        self.table_mut(table)?.insert(key, value).map_err(fault)?;
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StorageFault> {
-        self.table_mut(table).remove(key).map_err(fault)?;
+        self.table_mut(table)?.remove(key).map_err(fault)?;
         Ok(())
     }
 }
 
 /// The state tables as of one read transaction: a consistent MVCC view that does not block
 /// writers.
-pub struct ReadTables {
-    tables: Vec<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+pub struct ReadTables<'txn> {
+    txn: &'txn ReadTransaction,
+    tables: [OnceCell<ReadTable>; Table::ALL.len()],
 }
 
-impl ReadTables {
-    pub fn open(txn: &ReadTransaction) -> Result<ReadTables, StoreError> {
-        let mut tables = Vec::with_capacity(Table::ALL.len());
-        for table in Table::ALL {
-            tables.push(txn.open_table(state_table(table))?);
+impl<'txn> ReadTables<'txn> {
+    pub fn new(txn: &'txn ReadTransaction) -> ReadTables<'txn> {
+        ReadTables {
+            txn,
+            tables: unopened(),
         }
-        Ok(ReadTables { tables })
     }
 
-    fn table(&self, table: Table) -> &ReadOnlyTable<&'static [u8], &'static [u8]> {
-        &self.tables[table.tag() as usize]
+    fn table(&self, table: Table) -> Result<&ReadTable, StorageFault> {
+        opened(&self.tables, table, || {
+            self.txn.open_table(state_table(table))
+        })
     }
 
     /// Visits every row of `table` in key order: what a snapshot streams.
@@ -168,7 +201,8 @@ impl ReadTables {
         table: Table,
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for item in self.table(table).iter()? {
+        let table = self.table(table).map_err(StoreError::from)?;
+        for item in table.iter()? {
             let (key, value) = item?;
             visit(key.value(), value.value())?;
         }
@@ -176,9 +210,9 @@ impl ReadTables {
     }
 }
 
-impl Tables for ReadTables {
+impl Tables for ReadTables<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault> {
-        get_row(self.table(table), key)
+        get_row(self.table(table)?, key)
     }
 
     fn scan(
@@ -189,7 +223,7 @@ impl Tables for ReadTables {
         reverse: bool,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageFault> {
-        scan_rows(self.table(table), start, end, reverse, visit)
+        scan_rows(self.table(table)?, start, end, reverse, visit)
     }
 }
 
@@ -208,7 +242,7 @@ mod tests {
         let mut model = MemTables::new();
         let txn = db.begin_write().unwrap();
         {
-            let mut tables = WriteTables::open(&txn).unwrap();
+            let mut tables = WriteTables::new(&txn);
             for k in [1u8, 2, 3, 5, 8] {
                 for t in [Table::Inbox, Table::Conversation] {
                     tables.put(t, &[k], &[k, k]).unwrap();
@@ -220,7 +254,7 @@ mod tests {
         }
         txn.commit().unwrap();
         let read = db.begin_read().unwrap();
-        let tables = ReadTables::open(&read).unwrap();
+        let tables = ReadTables::new(&read);
 
         let bounds: Vec<Bound<&[u8]>> = vec![
             Bound::Unbounded,
