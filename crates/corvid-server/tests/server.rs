@@ -144,6 +144,15 @@ impl Conn {
         }
     }
 
+    /// Subscribes this connection to `token`'s events from now on.
+    async fn subscribe(&mut self, token: Token) {
+        let answer = self.call(Request::Subscribe { token, after: None }).await;
+        assert!(
+            matches!(answer, Ok(Response::Subscribed { .. })),
+            "{answer:?}"
+        );
+    }
+
     async fn send(&mut self, token: Token, to: &str, text: &str) -> MessageId {
         let request = Request::Send {
             token,
@@ -161,6 +170,18 @@ impl Conn {
     }
 }
 
+/// Alice and bob, registered and logged in, each on a connection of their own.
+async fn alice_and_bob(server: &RunningServer) -> ((Conn, Token), (Conn, Token)) {
+    let mut alice = Conn::open(server.wire_addr()).await;
+    let mut bob = Conn::open(server.wire_addr()).await;
+    alice.register("alice").await;
+    bob.register("bob").await;
+    let (alice_token, _) = alice.login("alice").await;
+    let (bob_token, unread) = bob.login("bob").await;
+    assert_eq!(unread, 0);
+    ((alice, alice_token), (bob, bob_token))
+}
+
 fn code<T: std::fmt::Debug>(result: Result<T, ApiError>) -> ErrorCode {
     result.expect_err("an error").code
 }
@@ -169,30 +190,9 @@ fn code<T: std::fmt::Debug>(result: Result<T, ApiError>) -> ErrorCode {
 async fn two_users_chat_with_live_push_and_receipts() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
-    let mut alice = Conn::open(server.wire_addr()).await;
-    let mut bob = Conn::open(server.wire_addr()).await;
-    alice.register("alice").await;
-    bob.register("bob").await;
-    let (alice_token, _) = alice.login("alice").await;
-    let (bob_token, unread) = bob.login("bob").await;
-    assert_eq!(unread, 0);
-    assert!(matches!(
-        bob.call(Request::Subscribe {
-            token: bob_token,
-            after: None
-        })
-        .await,
-        Ok(Response::Subscribed { .. })
-    ));
-    assert!(matches!(
-        alice
-            .call(Request::Subscribe {
-                token: alice_token,
-                after: None
-            })
-            .await,
-        Ok(Response::Subscribed { .. })
-    ));
+    let ((mut alice, alice_token), (mut bob, bob_token)) = alice_and_bob(&server).await;
+    bob.subscribe(bob_token).await;
+    alice.subscribe(alice_token).await;
 
     let id = alice.send(alice_token, "BOB", "hi bob").await;
     let Event::Message(pushed) = bob.event().await else {
@@ -263,20 +263,8 @@ async fn two_users_chat_with_live_push_and_receipts() {
 async fn a_pushed_message_is_already_in_the_recipients_history_and_unread() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
-    let mut alice = Conn::open(server.wire_addr()).await;
-    let mut bob = Conn::open(server.wire_addr()).await;
-    alice.register("alice").await;
-    bob.register("bob").await;
-    let (alice_token, _) = alice.login("alice").await;
-    let (bob_token, _) = bob.login("bob").await;
-    assert!(matches!(
-        bob.call(Request::Subscribe {
-            token: bob_token,
-            after: None
-        })
-        .await,
-        Ok(Response::Subscribed { .. })
-    ));
+    let ((mut alice, alice_token), (mut bob, bob_token)) = alice_and_bob(&server).await;
+    bob.subscribe(bob_token).await;
     for round in 0..100 {
         let text = format!("message {round}");
         // Not waiting for the answer: bob reads as soon as the push arrives.
