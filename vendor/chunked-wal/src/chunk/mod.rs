@@ -228,17 +228,19 @@ where Rec: Decode + 'static
         // Corvid patch: a zero tail is what every chunk written in place has
         // after its last record: in the last chunk it is cut off whether or
         // not incomplete records may be, and reported at debug level. (Earlier
-        // chunks are cut to their records when closed.)
-        if io_err.kind() != io::ErrorKind::UnexpectedEof {
-            let zero_tail = Self::verify_trailing_zeros(
-                file.clone(),
+        // chunks are cut to their records when closed.) Upstream checked for
+        // trailing zeros too (EXT4 `data=writeback` can leave them), but
+        // truncated them only where incomplete records may be cut.
+        let eof = io_err.kind() == io::ErrorKind::UnexpectedEof;
+        let zero_tail = !eof
+            && Self::verify_trailing_zeros(
+                file,
                 global_offset - chunk_id.offset(),
                 chunk_id,
             )?;
-            if zero_tail && allow_truncate {
-                debug!("End of records {at}, zeros after it; truncating");
-                return Ok(true);
-            }
+        if zero_tail && allow_truncate {
+            debug!("End of records {at}, zeros after it; truncating");
+            return Ok(true);
         }
 
         error!(
@@ -247,12 +249,9 @@ where Rec: Decode + 'static
             io_err.kind()
         );
 
-        let can_truncate =
-            config.truncate_incomplete_record() && allow_truncate;
-
         // UnexpectedEof: incomplete record, can truncate if enabled
-        if io_err.kind() == io::ErrorKind::UnexpectedEof {
-            if can_truncate {
+        if eof {
+            if config.truncate_incomplete_record() && allow_truncate {
                 warn!("UnexpectedEof {at}; truncating");
                 return Ok(true);
             }
@@ -260,22 +259,8 @@ where Rec: Decode + 'static
             return Err(io_err);
         }
 
-        // Other errors: check for trailing zeros (can happen with EXT4
-        // data=writeback mode where data and metadata are written in arbitrary
-        // order)
-        let all_zero = Self::verify_trailing_zeros(
-            file,
-            global_offset - chunk_id.offset(),
-            chunk_id,
-        )?;
-
-        if all_zero && can_truncate {
-            warn!("Trailing zeros {at}; truncating");
-            return Ok(true);
-        }
-
-        if all_zero {
-            error!("Trailing zeros {at}; truncate disabled");
+        if zero_tail {
+            error!("Trailing zeros {at} in a chunk that is not the last");
         } else {
             error!("Damaged record({}) {at}", io_err);
         }
