@@ -31,6 +31,9 @@ pub enum ErrorCode {
     InvalidCredentials = 14,
     /// The session token is unknown, logged out or expired.
     Unauthenticated = 15,
+    /// Too many failed logins lately for this username or from this address; `detail` is
+    /// the number of seconds to wait before the next attempt.
+    TooManyAttempts = 16,
     /// No account has the recipient's username.
     UnknownRecipient = 20,
     /// Message text is empty or longer than the server's limit.
@@ -47,17 +50,24 @@ pub enum ErrorCode {
     InvalidCursor = 26,
     /// A request names more message ids than allowed in one call.
     TooManyIds = 27,
+    /// The account (or this connection) already has as many live subscriptions as allowed.
+    TooManySubscriptions = 28,
     /// This server is not the leader and cannot serve the request; try another server.
     NotLeader = 40,
     /// The service cannot answer right now (no leader, shutting down); retry later.
     Unavailable = 41,
+    /// The server is too busy to take this request now (its queue for the work is full);
+    /// retry shortly.
+    Busy = 42,
+    /// The server's disk is full: writes are refused until space is freed, reads still work.
+    StorageFull = 43,
     /// An unexpected server fault. Logged on the server.
     Internal = 50,
 }
 
 impl ErrorCode {
     /// All codes, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -69,6 +79,7 @@ impl ErrorCode {
         ErrorCode::UsernameTaken,
         ErrorCode::InvalidCredentials,
         ErrorCode::Unauthenticated,
+        ErrorCode::TooManyAttempts,
         ErrorCode::UnknownRecipient,
         ErrorCode::InvalidText,
         ErrorCode::UnknownUser,
@@ -77,8 +88,11 @@ impl ErrorCode {
         ErrorCode::InvalidLimit,
         ErrorCode::InvalidCursor,
         ErrorCode::TooManyIds,
+        ErrorCode::TooManySubscriptions,
         ErrorCode::NotLeader,
         ErrorCode::Unavailable,
+        ErrorCode::Busy,
+        ErrorCode::StorageFull,
         ErrorCode::Internal,
     ];
 
@@ -108,6 +122,7 @@ impl ErrorCode {
             ErrorCode::UsernameTaken => "username_taken",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::UnknownRecipient => "unknown_recipient",
             ErrorCode::InvalidText => "invalid_text",
             ErrorCode::UnknownUser => "unknown_user",
@@ -116,8 +131,11 @@ impl ErrorCode {
             ErrorCode::InvalidLimit => "invalid_limit",
             ErrorCode::InvalidCursor => "invalid_cursor",
             ErrorCode::TooManyIds => "too_many_ids",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Busy => "busy",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -138,6 +156,7 @@ impl ErrorCode {
             ErrorCode::UsernameTaken => "that username is taken",
             ErrorCode::InvalidCredentials => "wrong username or password",
             ErrorCode::Unauthenticated => "not logged in, or the session has expired",
+            ErrorCode::TooManyAttempts => "too many failed logins; wait before trying again",
             ErrorCode::UnknownRecipient => "no such recipient",
             ErrorCode::InvalidText => "message text must be 1 byte up to the server's limit",
             ErrorCode::UnknownUser => "no such user",
@@ -146,8 +165,13 @@ impl ErrorCode {
             ErrorCode::InvalidLimit => "limit must be between 1 and 100",
             ErrorCode::InvalidCursor => "invalid cursor",
             ErrorCode::TooManyIds => "too many message ids in one request",
+            ErrorCode::TooManySubscriptions => "too many live subscriptions",
             ErrorCode::NotLeader => "this server is not the leader",
             ErrorCode::Unavailable => "service unavailable; retry",
+            ErrorCode::Busy => "the server is busy; retry shortly",
+            ErrorCode::StorageFull => {
+                "the server's disk is full; writes are refused until space is freed"
+            }
             ErrorCode::Internal => "internal server error",
         }
     }
@@ -234,7 +258,7 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(code.as_u16()), Some(code));
             names.insert(code.name());
         }
-        assert_eq!(names.len(), 22);
+        assert_eq!(names.len(), ErrorCode::ALL.len());
         assert_eq!(ErrorCode::from_u16(0), None);
         assert_eq!(ErrorCode::from_u16(999), None);
     }

@@ -32,10 +32,13 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::UnknownRecipient | ErrorCode::UnknownUser => Code::NotFound,
         ErrorCode::UsernameTaken => Code::AlreadyExists,
         ErrorCode::UnreadMessages => Code::FailedPrecondition,
-        ErrorCode::RateLimited | ErrorCode::FrameTooLarge | ErrorCode::TooManyConnections => {
-            Code::ResourceExhausted
-        }
-        ErrorCode::NotLeader | ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::RateLimited
+        | ErrorCode::FrameTooLarge
+        | ErrorCode::TooManyConnections
+        | ErrorCode::TooManyAttempts
+        | ErrorCode::TooManySubscriptions
+        | ErrorCode::StorageFull => Code::ResourceExhausted,
+        ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Busy => Code::Unavailable,
         ErrorCode::UnsupportedVersion => Code::Unimplemented,
         ErrorCode::Internal => Code::Internal,
     }
