@@ -68,7 +68,9 @@
 //! where the write-ahead log appends one record (see [`log`]).
 
 pub mod error;
+pub mod identity;
 pub mod log;
+mod member;
 mod schema;
 mod snapshot;
 pub mod state;
@@ -77,7 +79,9 @@ pub mod tables;
 pub mod typ;
 
 pub use error::StoreError;
+pub use identity::{ClusterId, FORMAT_VERSION};
 pub use log::{LogReader, LogStore};
+pub use member::{ClientAddrs, Member};
 pub use state::{SnapshotBuilder, StateMachine};
 pub use store::{Closed, Store, StoreMetrics, StoreReader, LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 pub use tables::{ReadTables, WriteTables};

@@ -251,7 +251,7 @@ mod tests {
     fn sample() -> (tempfile::TempDir, redb::Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
-        crate::schema::create_state_tables(&db).unwrap();
+        crate::schema::prepare(&db).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut tables = crate::tables::WriteTables::new(&txn);
