@@ -229,12 +229,10 @@ impl Node {
         }
         if self.reader.cluster_id()?.is_none() {
             // Initialized but with no cluster id: a directory from before ids (format
-            // version 1), always a single server that initialized itself. It gets its id now.
-            let found = self.record_cluster_id().await?;
-            if let Some(expected) = self.expected_cluster {
-                check_cluster(expected, Some(found))?;
-            }
-            tracing::info!(cluster = %found, "recorded a cluster id for this data directory");
+            // version 1), always a single server that initialized itself. It gets its id
+            // now: the configured one, if any, as if it were initializing.
+            let cluster = self.record_cluster_id().await?;
+            tracing::info!(%cluster, "recorded a cluster id for this data directory");
         }
         if self.is_sole_voter() && self.raft.current_leader().await != Some(self.id) {
             // openraft resumes leadership at once when its saved vote is its own committed

@@ -6,6 +6,13 @@
 //! and [`StateMachine`] (`RaftStateMachine`) — plus a [`StoreReader`] the server keeps for
 //! queries. The type configuration is in [`typ`]; the tables are listed in `schema`.
 //!
+//! # What the directory says about itself
+//!
+//! openraft's node type is Corvid's [`Member`] record, written in a layout that also reads
+//! the `BasicNode` of directories made before it (see `member`). The state meta records the
+//! directory's data-format version, checked at open (a newer one is refused, an older one
+//! upgraded), and the [`ClusterId`] of the cluster it belongs to (see [`identity`]).
+//!
 //! # Durability
 //!
 //! What is fsync'd, and when:

@@ -5,7 +5,8 @@
 //! ```text
 //! magic    8 bytes  "CORVIDSS"
 //! version  u32      1
-//! meta     u32 length, then postcard SnapshotMeta (last log id, membership, id)
+//! meta     u32 length, then postcard SnapshotMeta (last log id, membership, id); its
+//!          member records in either layout `member` reads (BasicNode's or Member's)
 //! rows     repeated: table tag u8 (corvid_core::Table::tag), key u32 length + bytes,
 //!                    value u32 length + bytes
 //! end      0xFF, then u64 number of rows
