@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use corvid_core::{Command, Outcome, Tables};
 use corvid_store::typ::{
-    CheckIsLeaderError, Config, Fatal, ForwardToLeader, InitializeError, Member, Raft, RaftError,
+    CheckIsLeaderError, Fatal, ForwardToLeader, InitializeError, Member, Raft, RaftConfig,
+    RaftError,
 };
 use corvid_store::{Closed, ClusterId, EffectSink, Store, StoreError, StoreMetrics, StoreReader};
 use openraft::SnapshotPolicy;
@@ -126,8 +127,8 @@ impl From<RaftError<CheckIsLeaderError>> for NodeError {
 }
 
 /// openraft's configuration for Corvid, with a snapshot every `snapshot_every` entries.
-pub fn raft_config(snapshot_every: u64) -> Result<Config, NodeError> {
-    let config = Config {
+pub fn raft_config(snapshot_every: u64) -> Result<RaftConfig, NodeError> {
+    let config = RaftConfig {
         cluster_name: "corvid".into(),
         // A leader is missed after 1-2 s of silence; heartbeats come five times as often.
         heartbeat_interval: 200,
@@ -138,7 +139,7 @@ pub fn raft_config(snapshot_every: u64) -> Result<Config, NodeError> {
         purge_batch_size: PURGE_BATCH.min(snapshot_every),
         // An entry carries a batch of commands (see `proposer`): replicate fewer per message.
         max_payload_entries: 64,
-        ..Config::default()
+        ..RaftConfig::default()
     };
     config
         .validate()

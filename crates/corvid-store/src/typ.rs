@@ -30,7 +30,8 @@ pub type NodeId = u64;
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, Member>;
-pub type Config = openraft::Config;
+/// openraft's settings (named apart from the server's own `Config`).
+pub type RaftConfig = openraft::Config;
 
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
