@@ -3,13 +3,13 @@
 //! A single server has no peers: openraft never asks to reach one, and if it did (a
 //! membership naming another node), every RPC fails as `Unreachable`, which openraft treats
 //! as "back off and retry later". The 3/5-server cluster replaces [`PeerClient`]'s bodies
-//! with a real transport (a TCP or gRPC client to `addr`, sending the `typ` request types
+//! with a real transport (a TCP or gRPC client to the member's `raft_addr`, sending the `typ` request types
 //! encoded by their own codec, not the log's on-disk encoding), and `Network::new_client`
 //! with a connection pool keyed by node id.
 
 use corvid_store::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
-    InstallSnapshotResponse, Node, NodeId, RPCError, TypeConfig, VoteRequest, VoteResponse,
+    InstallSnapshotResponse, Member, NodeId, RPCError, TypeConfig, VoteRequest, VoteResponse,
 };
 use openraft::error::Unreachable;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -27,10 +27,10 @@ impl Network {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, member: &Member) -> PeerClient {
         PeerClient {
             target,
-            addr: node.addr.clone(),
+            addr: member.raft_addr.clone(),
         }
     }
 }

@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use corvid_core::{Command, Outcome, Tables};
 use corvid_store::typ::{
-    CheckIsLeaderError, Config, Fatal, ForwardToLeader, InitializeError, Raft, RaftError,
+    CheckIsLeaderError, Fatal, ForwardToLeader, InitializeError, Member, Raft, RaftConfig,
+    RaftError,
 };
-use corvid_store::{Closed, EffectSink, Store, StoreError, StoreMetrics, StoreReader};
-use openraft::{BasicNode, SnapshotPolicy};
+use corvid_store::{Closed, ClusterId, EffectSink, Store, StoreError, StoreMetrics, StoreReader};
+use openraft::SnapshotPolicy;
 
 use crate::network::Network;
 use crate::proposer::Proposer;
 
-/// How long `open` waits for the node to find (or become) a leader.
-const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// How long `shutdown` waits for openraft to release the store.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -27,8 +26,13 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// This server's id in the cluster; a single server is node 1.
     pub node_id: u64,
-    /// The address other servers (and redirected clients) reach this one at.
-    pub advertise_addr: String,
+    /// This server's member record: where the other servers and redirected clients reach
+    /// it. It goes into the membership when this node initializes a cluster.
+    pub member: Member,
+    /// The cluster this server must belong to, or `None` to take whichever its data
+    /// directory belongs to. A directory of another cluster is refused at open; a cluster
+    /// this node initializes gets this id (a fresh random one if `None`).
+    pub cluster_id: Option<ClusterId>,
     /// Log entries between snapshots: [`SNAPSHOT_EVERY`], or fewer in tests that want
     /// snapshots and log purges to happen all the time.
     pub snapshot_every: u64,
@@ -56,9 +60,9 @@ const PURGE_BATCH: u64 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// Writes and linearizable reads go to the leader: this server is not it. `leader` is the
-    /// leader this server knows of, with its address.
+    /// leader this server knows of, with its member record (its addresses).
     #[error("not the leader (the leader is {leader:?})")]
-    NotLeader { leader: Option<(u64, String)> },
+    NotLeader { leader: Option<(u64, Member)> },
     /// The cluster cannot serve right now: no leader yet, no quorum, or shutting down.
     /// Retrying later (or elsewhere) may succeed.
     #[error("unavailable: {0}")]
@@ -68,6 +72,13 @@ pub enum NodeError {
     Fatal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data directory belongs to another cluster than the one this server is
+    /// configured for: starting would mix two clusters' data.
+    #[error("the data directory belongs to cluster {found}, not to cluster {expected}")]
+    WrongCluster {
+        expected: ClusterId,
+        found: ClusterId,
+    },
     /// openraft refused the configuration (a bug in [`raft_config`]).
     #[error("invalid raft configuration: {0}")]
     Config(String),
@@ -85,9 +96,7 @@ impl From<Fatal> for NodeError {
 impl From<ForwardToLeader> for NodeError {
     fn from(forward: ForwardToLeader) -> NodeError {
         NodeError::NotLeader {
-            leader: forward
-                .leader_id
-                .zip(forward.leader_node.map(|node| node.addr)),
+            leader: forward.leader_id.zip(forward.leader_node),
         }
     }
 }
@@ -118,8 +127,8 @@ impl From<RaftError<CheckIsLeaderError>> for NodeError {
 }
 
 /// openraft's configuration for Corvid, with a snapshot every `snapshot_every` entries.
-pub fn raft_config(snapshot_every: u64) -> Result<Config, NodeError> {
-    let config = Config {
+pub fn raft_config(snapshot_every: u64) -> Result<RaftConfig, NodeError> {
+    let config = RaftConfig {
         cluster_name: "corvid".into(),
         // A leader is missed after 1-2 s of silence; heartbeats come five times as often.
         heartbeat_interval: 200,
@@ -130,16 +139,28 @@ pub fn raft_config(snapshot_every: u64) -> Result<Config, NodeError> {
         purge_batch_size: PURGE_BATCH.min(snapshot_every),
         // An entry carries a batch of commands (see `proposer`): replicate fewer per message.
         max_payload_entries: 64,
-        ..Config::default()
+        ..RaftConfig::default()
     };
     config
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))
 }
 
+/// Refuses a data directory that belongs to another cluster than `expected`.
+fn check_cluster(expected: ClusterId, found: Option<ClusterId>) -> Result<(), NodeError> {
+    match found {
+        Some(found) if found != expected => Err(NodeError::WrongCluster { expected, found }),
+        _ => Ok(()),
+    }
+}
+
 /// A running Raft node over its store.
 pub struct Node {
     id: u64,
+    /// This server's member record, for a cluster it initializes.
+    member: Member,
+    /// The cluster this node must belong to (see [`NodeConfig::cluster_id`]).
+    expected_cluster: Option<ClusterId>,
     raft: Raft,
     proposer: Proposer,
     reader: StoreReader,
@@ -148,9 +169,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the store in `config.data_dir` and starts Raft. On the very first start the
-    /// node makes itself a one-server cluster; afterwards it resumes its log. Returns once
-    /// a leader is known (for a single server: once it is the leader).
+    /// Opens the store in `config.data_dir`, checks that it belongs to the configured
+    /// cluster, starts Raft and returns: it neither waits for a leader nor initializes a
+    /// cluster. An initialized node resumes its log (a sole voter stands for election at
+    /// once); an uninitialized one waits for its caller to [`initialize`](Self::initialize)
+    /// it, or for a cluster to add it. Readiness is [`wait_ready`](Self::wait_ready).
     pub async fn open(config: NodeConfig, effects: EffectSink) -> Result<Node, NodeError> {
         // Opening may repair the file after a crash, which reads all of it.
         let dir = config.data_dir.clone();
@@ -163,6 +186,11 @@ impl Node {
             reader,
             closed,
         } = store;
+        // Checked before openraft reads anything: another cluster's log must not be
+        // replayed, nor its vote used. Dropping the store on error releases the directory.
+        if let Some(expected) = config.cluster_id {
+            check_cluster(expected, reader.cluster_id()?)?;
+        }
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config(config.snapshot_every)?),
@@ -178,12 +206,14 @@ impl Node {
         ));
         let node = Node {
             id: config.node_id,
+            member: config.member.clone(),
+            expected_cluster: config.cluster_id,
             proposer: Proposer::start(raft.clone()),
             raft,
             reader,
             closed: tokio::sync::Mutex::new(Some(closed)),
         };
-        if let Err(e) = node.start(&config).await {
+        if let Err(e) = node.resume().await {
             // Release the store: the caller may want to open the directory again.
             if let Err(shutdown) = node.shutdown().await {
                 tracing::warn!(error = %shutdown, "shutting down a node that failed to start");
@@ -193,31 +223,90 @@ impl Node {
         Ok(node)
     }
 
-    async fn start(&self, config: &NodeConfig) -> Result<(), NodeError> {
+    /// Picks up an initialized node where it stopped.
+    async fn resume(&self) -> Result<(), NodeError> {
         if !self.raft.is_initialized().await? {
-            let members = BTreeMap::from([(
-                config.node_id,
-                BasicNode::new(config.advertise_addr.clone()),
-            )]);
-            match self.raft.initialize(members).await {
-                Ok(()) => tracing::info!(node = config.node_id, "initialized a one-server cluster"),
-                // Another start got there first: the cluster exists, which is the goal.
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(RaftError::APIError(e)) => return Err(NodeError::Fatal(e.to_string())),
-                Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
-            }
-        } else if self.is_sole_voter() && self.raft.current_leader().await != Some(self.id) {
+            return Ok(());
+        }
+        if self.reader.cluster_id()?.is_none() {
+            // Initialized but with no cluster id: a directory from before ids (format
+            // version 1), always a single server that initialized itself. It gets its id
+            // now: the configured one, if any, as if it were initializing.
+            let cluster = self.record_cluster_id().await?;
+            tracing::info!(%cluster, "recorded a cluster id for this data directory");
+        }
+        if self.is_sole_voter() && self.raft.current_leader().await != Some(self.id) {
             // openraft resumes leadership at once when its saved vote is its own committed
             // one. Otherwise (it crashed mid-election), alone there is nobody to wait for:
             // stand for election now rather than after an election timeout.
             self.raft.trigger().elect().await?;
         }
+        Ok(())
+    }
+
+    /// Records the configured cluster id, or a fresh random one, unless the directory
+    /// belongs to a cluster already; returns the one it belongs to.
+    async fn record_cluster_id(&self) -> Result<ClusterId, NodeError> {
+        let id = self
+            .expected_cluster
+            .unwrap_or_else(|| ClusterId(rand::random()));
+        let reader = self.reader.clone();
+        // A durable write: off the runtime's threads.
+        let recorded = tokio::task::spawn_blocking(move || reader.record_cluster_id(id))
+            .await
+            .map_err(|e| NodeError::Fatal(format!("recording the cluster id failed: {e}")))??;
+        Ok(recorded)
+    }
+
+    /// Whether this node belongs to a cluster yet (has a membership in its log or state).
+    pub async fn is_initialized(&self) -> Result<bool, NodeError> {
+        Ok(self.raft.is_initialized().await?)
+    }
+
+    /// Makes a new cluster of `members` (for a single server: itself alone), with this node
+    /// as its first member, and returns the cluster's id: the configured one, or a fresh
+    /// random one. The id is recorded durably before openraft writes the first membership,
+    /// so a crash between the two leaves a directory that the next `initialize` finishes
+    /// under the same id. On a node already initialized, this only returns its id.
+    ///
+    /// Whether to initialize is the caller's decision: a server that is to join an existing
+    /// cluster must not, or it would found a cluster of its own.
+    pub async fn initialize(&self, members: BTreeMap<u64, Member>) -> Result<ClusterId, NodeError> {
+        let cluster = self.record_cluster_id().await?;
+        match self.raft.initialize(members).await {
+            Ok(()) => tracing::info!(node = self.id, %cluster, "initialized a cluster"),
+            // Initialized already (an earlier start, or a leader reached it first): the
+            // cluster exists, which is the goal.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(RaftError::APIError(e)) => return Err(NodeError::Fatal(e.to_string())),
+            Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
+        }
+        Ok(cluster)
+    }
+
+    /// Makes this node a cluster of one, itself its only voter: what a single server does
+    /// on its first start (see [`initialize`](Self::initialize)).
+    pub async fn initialize_alone(&self) -> Result<ClusterId, NodeError> {
+        self.initialize(BTreeMap::from([(self.id, self.member.clone())]))
+            .await
+    }
+
+    /// Waits, at most `timeout`, until a leader is known: for a single server, until it
+    /// leads. Before then writes and linearizable reads fail (`NotLeader` with no leader,
+    /// or `Unavailable`), so a server binds its listeners first and announces itself as
+    /// ready only after this.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), NodeError> {
         self.raft
-            .wait(Some(LEADER_DEADLINE))
+            .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await
             .map_err(|e| NodeError::Unavailable(format!("no leader: {e}")))?;
         Ok(())
+    }
+
+    /// The cluster this node's data directory belongs to; `None` until it is initialized.
+    pub fn cluster_id(&self) -> Result<Option<ClusterId>, NodeError> {
+        Ok(self.reader.cluster_id()?)
     }
 
     fn is_sole_voter(&self) -> bool {

@@ -16,6 +16,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use corvid_core::{query, AccountId, Command, Outcome, SessionPolicy, Token};
+mod common;
+
+use common::start;
 use corvid_raft::{Node, NodeConfig};
 use corvid_store::no_effects;
 
@@ -29,11 +32,8 @@ const WRITERS: usize = 8;
 
 fn config(dir: &Path, snapshot_every: u64) -> NodeConfig {
     NodeConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: 1,
-        advertise_addr: "127.0.0.1:7000".into(),
-        snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
         snapshot_every,
+        ..common::config(dir)
     }
 }
 
@@ -132,7 +132,7 @@ fn kill_rounds(name: &str, snapshot_every: u64) -> tempfile::TempDir {
 
 /// Every text in bob's inbox, after a restart.
 async fn stored_texts(dir: &Path, snapshot_every: u64) -> BTreeSet<String> {
-    let node = Node::open(config(dir, snapshot_every), no_effects())
+    let node = start(config(dir, snapshot_every), no_effects())
         .await
         .unwrap();
     let texts = node
@@ -159,7 +159,7 @@ fn write_until_killed(dir: &Path, snapshot_every: u64) {
         .unwrap();
     runtime.block_on(async {
         let node = std::sync::Arc::new(
-            Node::open(config(dir, snapshot_every), no_effects())
+            start(config(dir, snapshot_every), no_effects())
                 .await
                 .unwrap(),
         );

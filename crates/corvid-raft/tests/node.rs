@@ -1,24 +1,16 @@
 //! A single-server node, in process: writes, linearizable reads, restarts, concurrency.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corvid_core::{query, AccountId, Command, Effect, MessageId, Outcome, SessionPolicy, Token};
+mod common;
+
+use common::{config, start};
 use corvid_raft::{Node, NodeConfig, NodeError};
-use corvid_store::{no_effects, EffectSink};
+use corvid_store::{no_effects, ClusterId, EffectSink};
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-
-fn config(dir: &Path) -> NodeConfig {
-    NodeConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: 1,
-        advertise_addr: "127.0.0.1:7000".into(),
-        snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
-        snapshot_every: corvid_raft::SNAPSHOT_EVERY,
-    }
-}
 
 fn create(name: &str) -> Command {
     Command::CreateAccount {
@@ -94,7 +86,7 @@ async fn writes_and_reads_survive_a_restart() {
     let effects: EffectSink =
         Arc::new(move |effects: &[Effect]| sink_pushed.lock().unwrap().extend_from_slice(effects));
 
-    let node = Node::open(config(dir.path()), effects).await.unwrap();
+    let node = start(config(dir.path()), effects).await.unwrap();
     assert_eq!(node.raft().current_leader().await, Some(1));
     let bob = alice_and_bob(&node, alice).await;
     let mut ids = Vec::new();
@@ -122,7 +114,7 @@ async fn writes_and_reads_survive_a_restart() {
         Err(NodeError::Unavailable(_))
     ));
 
-    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    let node = start(config(dir.path()), no_effects()).await.unwrap();
     let metrics = node.raft().metrics().borrow().clone();
     assert_eq!(metrics.current_leader, Some(1));
     assert!(metrics.last_log_index >= last_log, "the log is intact");
@@ -146,7 +138,7 @@ async fn writes_and_reads_survive_a_restart() {
 #[tokio::test]
 async fn a_directory_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    let node = start(config(dir.path()), no_effects()).await.unwrap();
     let second = Node::open(config(dir.path()), no_effects()).await;
     assert!(matches!(second, Err(NodeError::Store(_))));
     node.shutdown().await.unwrap();
@@ -156,7 +148,7 @@ async fn a_directory_in_use_is_refused() {
 async fn concurrent_writes_all_land_and_share_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
     let alice = Token([7; 16]);
-    let node = Arc::new(Node::open(config(dir.path()), no_effects()).await.unwrap());
+    let node = Arc::new(start(config(dir.path()), no_effects()).await.unwrap());
     let bob = alice_and_bob(&node, alice).await;
 
     let writes = 500usize;
@@ -229,7 +221,7 @@ async fn committed_entries_missing_from_the_state_are_reapplied_at_start() {
         drop((log, store.state_machine, store.reader));
         store.closed.wait().await;
     }
-    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    let node = start(config(dir.path()), no_effects()).await.unwrap();
     assert_eq!(unread_texts(&node, AccountId(2)).await, ["from the log"]);
     let next = sent_id(node.write(send(alice, "bob", "after")).await.unwrap());
     assert_eq!(next, MessageId(2));
@@ -246,7 +238,7 @@ async fn a_growing_log_is_snapshotted_by_its_size() {
         snapshot_log_bytes: 64 << 10,
         ..config(dir.path())
     };
-    let node = Node::open(config, no_effects()).await.unwrap();
+    let node = start(config, no_effects()).await.unwrap();
     let alice = Token([5; 16]);
     alice_and_bob(&node, alice).await;
     assert_eq!(node.raft().metrics().borrow().snapshot, None);
@@ -286,7 +278,7 @@ async fn a_push_precedes_the_state_commit_and_a_read_after_it_sees_the_message()
             }
         }
     });
-    let node = Arc::new(Node::open(config(dir.path()), effects).await.unwrap());
+    let node = Arc::new(start(config(dir.path()), effects).await.unwrap());
     let bob = alice_and_bob(&node, alice).await;
     let unread_ids = |t: &dyn corvid_core::Tables| {
         query::fetch_unread(t, bob, 10).map(|m| m.into_iter().map(|m| m.id).collect::<Vec<_>>())
@@ -305,4 +297,77 @@ async fn a_push_precedes_the_state_commit_and_a_read_after_it_sees_the_message()
         assert_eq!(sent_id(write.await.unwrap().unwrap()), id);
     }
     node.shutdown().await.unwrap();
+}
+
+/// Opening a node decides nothing: a fresh one stays uninitialized and leaderless (writes
+/// are refused, not queued) until its caller initializes it, so that a server meant to join
+/// a cluster never founds one of its own, and a server can bind its listeners first.
+#[tokio::test]
+async fn open_neither_initializes_nor_waits_for_a_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    assert!(!node.is_initialized().await.unwrap());
+    assert_eq!(node.cluster_id().unwrap(), None);
+    assert_eq!(node.raft().metrics().borrow().current_leader, None);
+    assert!(matches!(
+        node.write(create("alice")).await,
+        Err(NodeError::NotLeader { leader: None })
+    ));
+    assert!(matches!(
+        node.wait_ready(Duration::from_millis(200)).await,
+        Err(NodeError::Unavailable(_))
+    ));
+
+    let cluster = node.initialize_alone().await.unwrap();
+    node.wait_ready(common::READY_DEADLINE).await.unwrap();
+    assert_eq!(node.cluster_id().unwrap(), Some(cluster));
+    assert!(matches!(
+        node.write(create("alice")).await.unwrap(),
+        Outcome::AccountCreated { .. }
+    ));
+    // The member record went into the membership as given.
+    let metrics = node.raft().metrics().borrow().clone();
+    let member = metrics.membership_config.membership().get_node(&1).cloned();
+    assert_eq!(member, Some(config(dir.path()).member));
+    node.shutdown().await.unwrap();
+
+    // Reopened, it resumes (no second initialization) and leads again, same cluster.
+    let node = Node::open(config(dir.path()), no_effects()).await.unwrap();
+    assert!(node.is_initialized().await.unwrap());
+    node.wait_ready(common::READY_DEADLINE).await.unwrap();
+    assert_eq!(node.cluster_id().unwrap(), Some(cluster));
+    assert_eq!(node.initialize_alone().await.unwrap(), cluster);
+    node.shutdown().await.unwrap();
+}
+
+/// A node configured for one cluster refuses a data directory of another, before Raft
+/// reads anything of it; with no cluster configured it takes the directory's.
+#[tokio::test]
+async fn a_data_directory_of_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = ClusterId([1; 16]);
+    let theirs = ClusterId([2; 16]);
+    let configured = |cluster_id| NodeConfig {
+        cluster_id,
+        ..config(dir.path())
+    };
+    let node = start(configured(Some(ours)), no_effects()).await.unwrap();
+    assert_eq!(node.cluster_id().unwrap(), Some(ours), "the configured id");
+    node.shutdown().await.unwrap();
+
+    let refused = Node::open(configured(Some(theirs)), no_effects()).await;
+    match refused {
+        Err(e @ NodeError::WrongCluster { .. }) => assert_eq!(
+            e.to_string(),
+            format!("the data directory belongs to cluster {ours}, not to cluster {theirs}")
+        ),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("another cluster's directory was opened"),
+    }
+    // The refusal released the directory, and changed nothing.
+    for cluster_id in [Some(ours), None] {
+        let node = start(configured(cluster_id), no_effects()).await.unwrap();
+        assert_eq!(node.cluster_id().unwrap(), Some(ours));
+        node.shutdown().await.unwrap();
+    }
 }

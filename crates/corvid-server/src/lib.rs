@@ -15,8 +15,10 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use corvid_store::{ClientAddrs, Member};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -128,7 +130,14 @@ impl RunningServer {
     }
 }
 
-/// Opens the data directory, starts the node and the listeners.
+/// The node id of a single server (a cluster of one).
+const SINGLE_SERVER_ID: u64 = 1;
+/// How long a starting server waits for its node to lead (a single server elects itself at
+/// once; reading the log back comes before, in `Node::open`).
+const READY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Opens the data directory, starts the node and the listeners, and returns once the node
+/// is ready (it leads).
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     // Read before anything listens, so that a bad certificate stops the start.
@@ -156,16 +165,41 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let hub = Arc::new(Hub::default());
     let sink_hub = hub.clone();
     let effects: corvid_store::EffectSink = Arc::new(move |effects| sink_hub.dispatch(effects));
+    // A single server has no peers, so no server-to-server address; its record names the
+    // addresses clients reach it at.
+    let member = Member {
+        raft_addr: String::new(),
+        client: ClientAddrs {
+            wire: Some(wire_addr.to_string()),
+            grpc: grpc_addr.map(|address| address.to_string()),
+            http: None,
+        },
+    };
     let node_config = corvid_raft::NodeConfig {
         data_dir: config.data_dir.clone(),
-        node_id: 1,
-        advertise_addr: wire_addr.to_string(),
+        node_id: SINGLE_SERVER_ID,
+        member,
+        cluster_id: None,
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
         snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
     };
     let node = corvid_raft::Node::open(node_config, effects)
         .await
         .with_context(|| format!("cannot open the node in {}", config.data_dir.display()))?;
+    // A single server is a cluster of one, and makes itself one on its first start. (A
+    // server of a 3- or 5-server cluster must not: it would found a cluster of its own.)
+    let initialized = async {
+        if !node.is_initialized().await? {
+            node.initialize_alone().await?;
+        }
+        Ok::<_, corvid_raft::NodeError>(())
+    };
+    if let Err(e) = initialized.await {
+        if let Err(shutdown) = node.shutdown().await {
+            tracing::warn!(error = %shutdown, "shutting down a node that failed to start");
+        }
+        return Err(e).context("cannot initialize the node");
+    }
     let service = Service::new(
         node,
         hub,
@@ -192,16 +226,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown.clone(),
         ))
     });
-    let tls_on = config.tls.files().is_some();
-    tracing::info!(%wire_addr, ?grpc_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
-    Ok(RunningServer {
+    let server = RunningServer {
         wire_addr,
         grpc_addr,
         shutdown,
         wire,
         grpc,
         service,
-    })
+    };
+    // The listeners answer already (writes fail as not-leader until now); the server is
+    // ready, and says so, once its node leads.
+    if let Err(e) = server.service.node().wait_ready(READY_DEADLINE).await {
+        if let Err(shutdown) = server.shutdown().await {
+            tracing::warn!(error = %shutdown, "shutting down a server that failed to start");
+        }
+        return Err(e).context("the node found no leader");
+    }
+    let tls_on = config.tls.files().is_some();
+    tracing::info!(%wire_addr, ?grpc_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
+    Ok(server)
 }
 
 /// `corvid serve` with `config` (see [`ServeArgs::config`]): runs until SIGTERM or Ctrl-C, then

@@ -18,6 +18,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error(transparent)]
     Fault(#[from] StorageFault),
+    /// The data directory was written by a newer server, in a format this one does not read.
+    #[error(
+        "the data directory is in format version {found}, newer than this server reads \
+         (up to {}): run a newer corvid on it",
+        crate::identity::FORMAT_VERSION
+    )]
+    NewerFormat { found: u32 },
     /// The store has been closed (openraft shut down and dropped it).
     #[error("the store is closed")]
     Closed,

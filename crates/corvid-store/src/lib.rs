@@ -6,6 +6,13 @@
 //! and [`StateMachine`] (`RaftStateMachine`) — plus a [`StoreReader`] the server keeps for
 //! queries. The type configuration is in [`typ`]; the tables are listed in `schema`.
 //!
+//! # What the directory says about itself
+//!
+//! openraft's node type is Corvid's [`Member`] record, written in a layout that also reads
+//! the `BasicNode` of directories made before it (see `member`). The state meta records the
+//! directory's data-format version, checked at open (a newer one is refused, an older one
+//! upgraded), and the [`ClusterId`] of the cluster it belongs to (see [`identity`]).
+//!
 //! # Durability
 //!
 //! What is fsync'd, and when:
@@ -68,7 +75,9 @@
 //! where the write-ahead log appends one record (see [`log`]).
 
 pub mod error;
+pub mod identity;
 pub mod log;
+mod member;
 mod schema;
 mod snapshot;
 pub mod state;
@@ -77,7 +86,9 @@ pub mod tables;
 pub mod typ;
 
 pub use error::StoreError;
+pub use identity::{ClusterId, FORMAT_VERSION};
 pub use log::{LogReader, LogStore};
+pub use member::{ClientAddrs, Member};
 pub use state::{SnapshotBuilder, StateMachine};
 pub use store::{Closed, Store, StoreMetrics, StoreReader, LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 pub use tables::{ReadTables, WriteTables};

@@ -7,6 +7,8 @@
 //! | `sm_meta`   | `last_applied`      | postcard `Option<LogId>`                  |
 //! |             | `last_membership`   | postcard `StoredMembership`               |
 //! |             | `snapshot`          | postcard `SnapshotRecord` (current one)   |
+//! |             | `format_version`    | postcard `u32` (see `identity`; absent: 1) |
+//! |             | `cluster_id`        | postcard `ClusterId` (absent until the node is initialized) |
 //! | one per `corvid_core::Table` (`Table::name()`) | `&[u8]` | `&[u8]`          |
 
 use corvid_core::Table;
@@ -15,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::identity;
 use crate::typ::SnapshotMeta;
 
 pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -22,6 +25,8 @@ pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("s
 pub(crate) const LAST_APPLIED: &str = "last_applied";
 pub(crate) const LAST_MEMBERSHIP: &str = "last_membership";
 pub(crate) const SNAPSHOT: &str = "snapshot";
+pub(crate) const FORMAT_VERSION: &str = "format_version";
+pub(crate) const CLUSTER_ID: &str = "cluster_id";
 
 /// The redb table that holds one state table of the core.
 pub(crate) fn state_table(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -55,13 +60,34 @@ where
     }
 }
 
-/// Creates the state machine's tables, so that readers never meet a missing one.
-pub(crate) fn create_state_tables(db: &redb::Database) -> Result<(), StoreError> {
+/// Checks the directory's data-format version, then creates the state machine's tables
+/// (so that readers never meet a missing one) and records the current version, in one
+/// transaction. Returns the version the directory had. A newer version than this server
+/// knows is refused before anything is written.
+pub(crate) fn prepare(db: &redb::Database) -> Result<u32, StoreError> {
     let txn = db.begin_write()?;
-    txn.open_table(SM_META)?;
+    let found = {
+        let mut meta = txn.open_table(SM_META)?;
+        let found = get_meta::<u32, _>(&meta, FORMAT_VERSION)?;
+        match found {
+            // Dropping the transaction aborts it: nothing of this server is written.
+            Some(version) if version > identity::FORMAT_VERSION => {
+                return Err(StoreError::NewerFormat { found: version })
+            }
+            Some(version) if version == identity::FORMAT_VERSION => {}
+            // Version 1 reads as version 2 (see `identity`): recording it is the upgrade.
+            _ => {
+                meta.insert(
+                    FORMAT_VERSION,
+                    encode(&identity::FORMAT_VERSION)?.as_slice(),
+                )?;
+            }
+        }
+        found.unwrap_or(identity::UNVERSIONED)
+    };
     for table in Table::ALL {
         txn.open_table(state_table(table))?;
     }
     txn.commit()?;
-    Ok(())
+    Ok(found)
 }

@@ -5,7 +5,8 @@
 //! ```text
 //! magic    8 bytes  "CORVIDSS"
 //! version  u32      1
-//! meta     u32 length, then postcard SnapshotMeta (last log id, membership, id)
+//! meta     u32 length, then postcard SnapshotMeta (last log id, membership, id); its
+//!          member records in either layout `member` reads (BasicNode's or Member's)
 //! rows     repeated: table tag u8 (corvid_core::Table::tag), key u32 length + bytes,
 //!                    value u32 length + bytes
 //! end      0xFF, then u64 number of rows
@@ -251,7 +252,7 @@ mod tests {
     fn sample() -> (tempfile::TempDir, redb::Database) {
         let dir = tempfile::tempdir().unwrap();
         let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
-        crate::schema::create_state_tables(&db).unwrap();
+        crate::schema::prepare(&db).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut tables = crate::tables::WriteTables::new(&txn);

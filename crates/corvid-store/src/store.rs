@@ -10,9 +10,10 @@ use redb::ReadableDatabase;
 use tokio::sync::oneshot;
 
 use crate::error::StoreError;
+use crate::identity::{ClusterId, FORMAT_VERSION};
 use crate::log::LogStore;
 use crate::schema::{
-    create_state_tables, get_meta, SnapshotRecord, LAST_APPLIED, SM_META, SNAPSHOT,
+    encode, get_meta, prepare, SnapshotRecord, CLUSTER_ID, LAST_APPLIED, SM_META, SNAPSHOT,
 };
 use crate::snapshot::SnapshotDir;
 use crate::state::StateMachine;
@@ -96,11 +97,23 @@ impl Store {
     /// Opens (or creates) the store in `dir`: `dir/log/`, `dir/state.redb` and
     /// `dir/snapshots/`. `effects` receives the effects of every applied batch, just
     /// before it commits.
+    ///
+    /// The directory's data-format version is checked first: one newer than this server
+    /// reads is refused ([`StoreError::NewerFormat`]) before the log is opened or anything
+    /// is written; an older one is upgraded (see `identity`).
     pub fn open(dir: impl AsRef<Path>, effects: EffectSink) -> Result<Store, StoreError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)?;
         let state_db = redb::Database::create(dir.join(STATE_FILE))?;
-        create_state_tables(&state_db)?;
+        let found = prepare(&state_db)?;
+        if found != FORMAT_VERSION {
+            tracing::info!(
+                from = found,
+                to = FORMAT_VERSION,
+                dir = %dir.display(),
+                "recorded the data directory's format version"
+            );
+        }
         let current: Option<SnapshotRecord> = {
             let txn = state_db.begin_read()?;
             let meta = txn.open_table(SM_META)?;
@@ -155,6 +168,37 @@ impl StoreReader {
         let txn = shared.state_db.begin_read()?;
         let meta = txn.open_table(SM_META)?;
         Ok(get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten())
+    }
+
+    /// The cluster this directory belongs to; `None` until the node is initialized (or
+    /// joins a cluster).
+    pub fn cluster_id(&self) -> Result<Option<ClusterId>, StoreError> {
+        let shared = self.shared()?;
+        let txn = shared.state_db.begin_read()?;
+        let meta = txn.open_table(SM_META)?;
+        get_meta(&meta, CLUSTER_ID)
+    }
+
+    /// Records, durably, that this directory belongs to cluster `id`, unless it belongs to
+    /// one already; returns the cluster it belongs to. This is the one write outside
+    /// openraft: the id is not part of the replicated state machine, it says whose state
+    /// this is.
+    pub fn record_cluster_id(&self, id: ClusterId) -> Result<ClusterId, StoreError> {
+        let shared = self.shared()?;
+        let txn = shared.state_db.begin_write()?;
+        let recorded = {
+            let mut meta = txn.open_table(SM_META)?;
+            match get_meta(&meta, CLUSTER_ID)? {
+                Some(existing) => existing,
+                None => {
+                    meta.insert(CLUSTER_ID, encode(&id)?.as_slice())?;
+                    id
+                }
+            }
+        };
+        // Default durability: fsync'd before this returns.
+        txn.commit()?;
+        Ok(recorded)
     }
 
     /// The store's counters (all zero once the store is closed).

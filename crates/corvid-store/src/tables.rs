@@ -238,7 +238,7 @@ mod tests {
     fn redb_scans_match_mem_tables() {
         let dir = tempfile::tempdir().unwrap();
         let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
-        crate::schema::create_state_tables(&db).unwrap();
+        crate::schema::prepare(&db).unwrap();
         let mut model = MemTables::new();
         let txn = db.begin_write().unwrap();
         {

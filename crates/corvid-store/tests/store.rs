@@ -10,7 +10,7 @@ use corvid_core::{AccountId, Command, Effect, MessageId, Outcome, SessionPolicy,
 use corvid_store::typ::{
     Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
 };
-use corvid_store::{no_effects, EffectSink, Store};
+use corvid_store::{no_effects, EffectSink, Store, StoreError, FORMAT_VERSION};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, RaftLogReader, RaftSnapshotBuilder};
 
@@ -527,4 +527,60 @@ async fn a_truncated_snapshot_is_not_installed() {
         .await
         .unwrap()
         .is_none());
+}
+
+/// The directory's data-format version row: read, or replaced (`None` removes it, as in
+/// directories made before versions were recorded).
+fn format_version(dir: &Path, replace: Option<Option<u32>>) -> Option<u32> {
+    use redb::{ReadableTable, TableDefinition};
+    let meta: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+    let db = redb::Database::create(dir.join(corvid_store::STATE_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    let found = {
+        let mut table = txn.open_table(meta).unwrap();
+        let found = table
+            .get("format_version")
+            .unwrap()
+            .map(|v| postcard::from_bytes(v.value()).unwrap());
+        match replace {
+            Some(Some(version)) => {
+                let bytes = postcard::to_allocvec(&version).unwrap();
+                table.insert("format_version", bytes.as_slice()).unwrap();
+            }
+            Some(None) => {
+                table.remove("format_version").unwrap();
+            }
+            None => {}
+        }
+        found
+    };
+    txn.commit().unwrap();
+    found
+}
+
+/// A directory written by a newer server is refused with one clear error, and nothing is
+/// written to it; a directory with no version (version 1) is upgraded by recording it.
+#[tokio::test]
+async fn a_newer_data_format_is_refused_with_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), no_effects()).unwrap());
+    assert_eq!(format_version(dir.path(), None), Some(FORMAT_VERSION));
+
+    format_version(dir.path(), Some(Some(FORMAT_VERSION + 1)));
+    for _ in 0..2 {
+        let err = Store::open(dir.path(), no_effects())
+            .err()
+            .expect("a newer format is refused");
+        assert!(matches!(err, StoreError::NewerFormat { found: 3 }));
+        assert_eq!(
+            err.to_string(),
+            "the data directory is in format version 3, newer than this server reads \
+             (up to 2): run a newer corvid on it"
+        );
+    }
+    assert_eq!(format_version(dir.path(), None), Some(FORMAT_VERSION + 1));
+
+    format_version(dir.path(), Some(None));
+    drop(Store::open(dir.path(), no_effects()).unwrap());
+    assert_eq!(format_version(dir.path(), None), Some(FORMAT_VERSION));
 }
