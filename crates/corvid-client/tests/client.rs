@@ -398,6 +398,37 @@ async fn a_subscription_from_the_oldest_unread_resumes_after_what_it_delivered()
 }
 
 #[tokio::test]
+async fn a_version_1_server_is_spoken_to_in_version_1() {
+    bounded(async {
+        let mut server = FakeServer::start_speaking(1).await;
+        let client = Client::connect(&[server.address.clone()]).await.unwrap();
+        let mut connection = server.accept().await;
+        let ping = tokio::spawn({
+            let client = client.clone();
+            async move { client.call(Request::Ping).await }
+        });
+        let (id, request) = connection.request().await;
+        assert_eq!(request, Request::Ping);
+        connection.send(Frame::Response {
+            id,
+            response: Response::Pong,
+        });
+        assert_eq!(ping.await.unwrap().unwrap(), Response::Pong);
+        // Version 1 has no start from the oldest unread: refused here, not sent.
+        let refused = client
+            .subscribe_from(TOKEN, SubscribeFrom::OldestUnread)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::UnsupportedVersion),
+            "{refused}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_subscription_that_cannot_resume_ends_the_stream_with_the_error() {
     bounded(async {
         let mut server = FakeServer::start().await;

@@ -25,3 +25,4 @@ pub use frame::{
 pub use hello::{
     ClientHello, HelloError, HelloStatus, ServerHello, HELLO_LEN, MAGIC, MIN_VERSION, VERSION,
 };
+pub use request::OLDEST_UNREAD_VERSION;

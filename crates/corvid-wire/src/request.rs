@@ -18,7 +18,7 @@ const FROM_AFTER: u8 = 1;
 const FROM_OLDEST_UNREAD: u8 = 2;
 
 /// The protocol version that introduced `Subscribe.from` = oldest unread.
-pub(crate) const OLDEST_UNREAD_VERSION: u16 = 2;
+pub const OLDEST_UNREAD_VERSION: u16 = 2;
 
 pub(crate) fn opcode(request: &Request) -> u8 {
     match request {
