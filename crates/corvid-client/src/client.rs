@@ -251,16 +251,18 @@ impl Client {
         Events::new(self.inner.router.take_receiver(), self.clone())
     }
 
-    /// Starts pushed events for the session of `token`. With `after`, the server first
-    /// replays every message received after that id; without, only new messages come.
-    /// [`Client::subscribe_from`] has every start, including the oldest unread message.
+    /// Starts pushed events for the session of `token`. With `after` (the id of the last
+    /// message this client saw), the server first replays every message received after
+    /// it; with `None` (no saved position), every unread message. Then live messages
+    /// follow, with no gap and no repeat. [`Client::subscribe_from`] has every start,
+    /// including new messages only.
     pub async fn subscribe(
         &self,
         token: Token,
         after: Option<MessageId>,
     ) -> Result<Subscription, ClientError> {
-        self.subscribe_from(token, SubscribeFrom::after(after))
-            .await
+        let from = after.map_or(SubscribeFrom::OldestUnread, SubscribeFrom::After);
+        self.subscribe_from(token, from).await
     }
 
     /// Starts pushed events for the session of `token`, first replaying what `from`

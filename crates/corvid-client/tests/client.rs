@@ -120,7 +120,7 @@ async fn events_are_delivered_in_order_and_end_with_the_session() {
             request,
             Request::Subscribe {
                 token: TOKEN,
-                from: SubscribeFrom::Now,
+                from: SubscribeFrom::OldestUnread,
             }
         );
         connection.send(Frame::Response {

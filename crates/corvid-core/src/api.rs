@@ -87,13 +87,6 @@ pub enum SubscribeFrom {
     OldestUnread,
 }
 
-impl SubscribeFrom {
-    /// The protocol's older form: `after` given or not.
-    pub fn after(after: Option<MessageId>) -> SubscribeFrom {
-        after.map_or(SubscribeFrom::Now, SubscribeFrom::After)
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     Pong,

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use corvid_client::{Client, ClientConfig, ClientError, Subscription, TlsConfig, Transport};
-use corvid_core::{ErrorCode, Event, MessageId, PatternSyntax, SubscribeFrom, Token};
+use corvid_core::{ErrorCode, Event, MessageId, PatternSyntax, Token};
 use serde_json::{json, Value};
 
 use crate::cli::{Command, GlobalArgs};
@@ -416,10 +416,7 @@ async fn listen(
     // The first listen starts from the oldest unread message, so that nothing that
     // arrived since the login (or before it) is missed; later ones resume after the last
     // message printed. Printed messages stay unread; `corvid read` marks them read.
-    let from = session
-        .last_seen()
-        .map_or(SubscribeFrom::OldestUnread, SubscribeFrom::After);
-    let Subscription { mut events, .. } = client.subscribe_from(token, from).await?;
+    let Subscription { mut events, .. } = client.subscribe(token, session.last_seen()).await?;
     ctx.remark(format!(
         "listening as {}; press Ctrl-C to stop",
         session.username
