@@ -422,6 +422,40 @@ fn a_retried_send_returns_the_original_message() {
 }
 
 #[test]
+fn a_client_id_is_remembered_as_long_as_its_message_exists() {
+    let mut chat = Chat::new();
+    chat.create("alice");
+    chat.create("bob");
+    let alice = chat.login("alice");
+    let Outcome::Sent { message: first, .. } = chat.send(alice, "bob", "once", 7) else {
+        panic!()
+    };
+    // Much later, and after the sender deleted her copy: the recipient still has it, so
+    // a retry still returns it.
+    chat.now += 365 * 24 * 3600 * 1000;
+    let (alice, bob) = (chat.login("alice"), chat.login("bob"));
+    let delete = |session, chat: &Chat| Command::DeleteMessages {
+        session,
+        ids: vec![first.id],
+        now: chat.now,
+    };
+    chat.run(delete(alice, &chat));
+    assert_eq!(
+        chat.send(alice, "bob", "once", 7),
+        Outcome::Sent {
+            message: first.clone(),
+            duplicate: true
+        }
+    );
+    // Once nobody sees the message it is erased, and its client id with it.
+    chat.run(delete(bob, &chat));
+    assert!(matches!(
+        chat.send(alice, "bob", "again", 7),
+        Outcome::Sent { duplicate: false, message } if message.id != first.id
+    ));
+}
+
+#[test]
 fn fetch_unread_pages_oldest_first_and_mark_read_sends_receipts() {
     let mut chat = Chat::new();
     chat.create("alice");
