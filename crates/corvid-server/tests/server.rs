@@ -466,6 +466,39 @@ async fn subscribing_from_the_oldest_unread_gets_every_unread_message_once_then_
 }
 
 #[tokio::test]
+async fn a_second_subscribe_on_a_connection_replaces_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let ((mut alice, alice_token), (mut bob, bob_token)) = alice_and_bob(&server).await;
+    let first = alice.send(alice_token, "bob", "first").await;
+    bob.subscribe(bob_token).await;
+    // The second one replays the inbox after id 0; the first one is gone.
+    let again = bob
+        .call(Request::Subscribe {
+            token: bob_token,
+            from: SubscribeFrom::After(MessageId(0)),
+        })
+        .await;
+    assert_eq!(again, Ok(Response::Subscribed { last_id: first }));
+    let Event::Message(replayed) = bob.event().await else {
+        panic!("expected the replay")
+    };
+    assert_eq!(replayed.id, first);
+    // A live message comes once, not once per subscribe.
+    let live = alice.send(alice_token, "bob", "live").await;
+    let marker = alice.send(alice_token, "bob", "marker").await;
+    let mut received = Vec::new();
+    while received.last() != Some(&marker) {
+        match bob.event().await {
+            Event::Message(message) => received.push(message.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, [live, marker]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn request_id_0_is_malformed_and_version_1_clients_keep_their_meaning() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
