@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use corvid_core::{MessageId, Request, Response, Token};
+use corvid_core::{MessageId, Request, Response, SubscribeFrom, Token};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -251,22 +251,39 @@ impl Client {
         Events::new(self.inner.router.take_receiver(), self.clone())
     }
 
-    /// Starts pushed events for the session of `token`. With `after`, the server first
-    /// replays every message received after that id.
-    ///
-    /// The subscription follows the client through failovers: when the connection is lost,
-    /// the client subscribes again on the next server, after the newest message already
-    /// delivered. If that fails, the stream yields the error and ends.
+    /// Starts pushed events for the session of `token`. With `after` (the id of the last
+    /// message this client saw), the server first replays every message received after
+    /// it; with `None` (no saved position), every unread message. Then live messages
+    /// follow, with no gap and no repeat. [`Client::subscribe_from`] has every start,
+    /// including new messages only.
     pub async fn subscribe(
         &self,
         token: Token,
         after: Option<MessageId>,
     ) -> Result<Subscription, ClientError> {
+        let from = after.map_or(SubscribeFrom::OldestUnread, SubscribeFrom::After);
+        self.subscribe_from(token, from).await
+    }
+
+    /// Starts pushed events for the session of `token`, first replaying what `from`
+    /// names: [`SubscribeFrom::After`] the id of the last message a client saw, or
+    /// [`SubscribeFrom::OldestUnread`] for a client with no saved position. Either way,
+    /// the replay and the live events meet with no gap and no repeat.
+    ///
+    /// The subscription follows the client through failovers: when the connection is lost,
+    /// the client subscribes again on the next server, after the newest message already
+    /// delivered (or, if none was yet, from the same start). If that fails, the stream
+    /// yields the error and ends.
+    pub async fn subscribe_from(
+        &self,
+        token: Token,
+        from: SubscribeFrom,
+    ) -> Result<Subscription, ClientError> {
         // The stream exists before the request leaves, so no event can be missed.
         let events = self.events();
         let router = &self.inner.router;
-        let generation = router.start(token, after);
-        let (response, connection) = match self.call_on(Request::Subscribe { token, after }).await {
+        let generation = router.start(token, from);
+        let (response, connection) = match self.call_on(Request::Subscribe { token, from }).await {
             Ok(answer) => answer,
             Err(error) => {
                 router.abandon(generation);
@@ -277,7 +294,7 @@ impl Client {
             router.abandon(generation);
             return Err(crate::calls::unexpected("subscribe", &response));
         };
-        router.confirmed(generation, last_id, after.is_some());
+        router.confirmed(generation, last_id);
         tokio::spawn(keep_subscribed(
             Arc::downgrade(&self.inner),
             generation,
@@ -313,10 +330,10 @@ async fn keep_subscribed(inner: Weak<Inner>, generation: u64, mut closed: Cancel
         };
         let client = Client { inner };
         let router = &client.inner.router;
-        let Some((token, after)) = router.resume_point(generation) else {
+        let Some((token, from)) = router.resume_point(generation) else {
             return;
         };
-        match client.call_on(Request::Subscribe { token, after }).await {
+        match client.call_on(Request::Subscribe { token, from }).await {
             Ok((Response::Subscribed { .. }, connection)) => {
                 tracing::debug!(server = connection.address(), "subscription resumed");
                 closed = connection.subscription_ended();

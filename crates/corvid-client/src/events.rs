@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use corvid_core::{Event, MessageId, Token};
+use corvid_core::{Event, MessageId, SubscribeFrom, Token};
 use tokio::sync::mpsc;
 
 use crate::{Client, ClientError};
@@ -22,8 +22,9 @@ pub type EventItem = Result<Event, ClientError>;
 #[derive(Clone, Copy, Debug)]
 struct SubscriptionState {
     token: Token,
-    /// The newest message id delivered (or the id the subscription started after).
-    after: Option<MessageId>,
+    /// Where to resume: after the newest message id delivered (or the id the subscription
+    /// started after), or, before any was delivered, the start it was asked with.
+    from: SubscribeFrom,
     /// Tells this subscription from an earlier one, so an old keeper task stops.
     generation: u64,
 }
@@ -81,11 +82,12 @@ impl EventRouter {
         let ends = match &event {
             Event::Message(message) => {
                 if let Some(subscription) = state.subscription.as_mut() {
-                    if subscription.after.is_some_and(|after| message.id <= after) {
+                    if matches!(subscription.from, SubscribeFrom::After(after) if message.id <= after)
+                    {
                         // Replayed after a resubscription, and already delivered.
                         return;
                     }
-                    subscription.after = Some(message.id);
+                    subscription.from = SubscribeFrom::After(message.id);
                 }
                 false
             }
@@ -102,13 +104,13 @@ impl EventRouter {
     }
 
     /// Records a subscription about to be requested and returns its generation.
-    pub(crate) fn start(&self, token: Token, after: Option<MessageId>) -> u64 {
+    pub(crate) fn start(&self, token: Token, from: SubscribeFrom) -> u64 {
         let mut state = self.lock();
         let generation = state.next_generation;
         state.next_generation += 1;
         state.subscription = Some(SubscriptionState {
             token,
-            after,
+            from,
             generation,
         });
         generation
@@ -116,24 +118,26 @@ impl EventRouter {
 
     /// The server confirmed subscription `generation`; `last_id` is its newest inbox id.
     ///
-    /// A subscription that started with no `after` replays nothing, so every message older
-    /// than `last_id` counts as seen: a resubscription must not replay it.
-    pub(crate) fn confirmed(&self, generation: u64, last_id: MessageId, replays: bool) {
+    /// A subscription that started from now replays nothing, so every message up to
+    /// `last_id` counts as seen: a resubscription must not replay it. (One that replays
+    /// keeps its start until a message is delivered: a resubscription before then asks
+    /// for the same replay.)
+    pub(crate) fn confirmed(&self, generation: u64, last_id: MessageId) {
         let mut state = self.lock();
         if let Some(subscription) = state.subscription.as_mut() {
-            if subscription.generation == generation && !replays {
-                subscription.after = Some(subscription.after.map_or(last_id, |a| a.max(last_id)));
+            if subscription.generation == generation && subscription.from == SubscribeFrom::Now {
+                subscription.from = SubscribeFrom::After(last_id);
             }
         }
     }
 
     /// Where subscription `generation` should resume, if it is still the live one.
-    pub(crate) fn resume_point(&self, generation: u64) -> Option<(Token, Option<MessageId>)> {
+    pub(crate) fn resume_point(&self, generation: u64) -> Option<(Token, SubscribeFrom)> {
         let state = self.lock();
         state
             .subscription
             .filter(|subscription| subscription.generation == generation)
-            .map(|subscription| (subscription.token, subscription.after))
+            .map(|subscription| (subscription.token, subscription.from))
     }
 
     /// Ends subscription `generation` quietly (its request failed; the caller has the error).

@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use corvid_core::{ApiError, Request, Response};
-use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, HELLO_LEN};
+use corvid_core::{ApiError, ErrorCode, Request, Response, SubscribeFrom};
+use corvid_wire::{
+    ClientHello, Frame, HelloStatus, ServerHello, HELLO_LEN, MIN_VERSION, OLDEST_UNREAD_VERSION,
+    VERSION,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,6 +56,8 @@ fn lock(pending: &SharedPending) -> MutexGuard<'_, Pending> {
 /// A handshaken connection and the handle to its task. Dropping it stops the task.
 pub(crate) struct WireConnection {
     address: String,
+    /// The protocol version the handshake agreed on.
+    version: u16,
     outgoing: mpsc::Sender<Bytes>,
     pending: SharedPending,
     /// Cancelled when the connection ends, whoever ends it.
@@ -68,7 +73,7 @@ impl WireConnection {
         max_frame_len: usize,
         router: Arc<EventRouter>,
     ) -> Result<WireConnection, ClientError> {
-        let stream = tokio::time::timeout(connect_timeout, connect(address, tls))
+        let (stream, version) = tokio::time::timeout(connect_timeout, handshake(address, tls))
             .await
             .map_err(|_| {
                 ClientError::Io(std::io::Error::new(
@@ -93,6 +98,7 @@ impl WireConnection {
         tokio::spawn(task.run(reader, writer, queue, closed.clone()));
         Ok(WireConnection {
             address: address.to_string(),
+            version,
             outgoing,
             pending,
             closed,
@@ -119,6 +125,21 @@ impl WireConnection {
 
     /// Sends `request` as request `id` and waits at most `timeout` for its answer.
     pub(crate) async fn request(&self, id: u32, request: Request, timeout: Duration) -> Reply {
+        if let Request::Subscribe {
+            from: SubscribeFrom::OldestUnread,
+            ..
+        } = request
+        {
+            if self.version < OLDEST_UNREAD_VERSION {
+                return Err(ClientError::Api(ApiError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "{} speaks protocol version {}, which cannot subscribe from the oldest unread message",
+                        self.address, self.version
+                    ),
+                )));
+            }
+        }
         let mut bytes = BytesMut::new();
         corvid_wire::encode(&Frame::Request { id, request }, &mut bytes)
             .map_err(|err| ClientError::Protocol(format!("cannot encode the request: {err}")))?;
@@ -165,7 +186,44 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-async fn connect(address: &str, tls: Option<&TlsConfig>) -> Result<BoxedStream, ClientError> {
+/// Connects with the newest protocol version; a server that only speaks an older one that
+/// this client also speaks is connected to again with that one. Returns the version the
+/// connection speaks.
+async fn handshake(
+    address: &str,
+    tls: Option<&TlsConfig>,
+) -> Result<(BoxedStream, u16), ClientError> {
+    match connect(address, tls, VERSION).await? {
+        Hello::Agreed(stream) => Ok((stream, VERSION)),
+        Hello::Refused(older) if (MIN_VERSION..VERSION).contains(&older) => {
+            match connect(address, tls, older).await? {
+                Hello::Agreed(stream) => Ok((stream, older)),
+                Hello::Refused(version) => Err(unsupported(address, version)),
+            }
+        }
+        Hello::Refused(version) => Err(unsupported(address, version)),
+    }
+}
+
+/// The server's answer to a hello.
+enum Hello {
+    Agreed(BoxedStream),
+    /// The server does not speak the version asked for; it speaks this one.
+    Refused(u16),
+}
+
+fn unsupported(address: &str, version: u16) -> ClientError {
+    ClientError::Api(ApiError::new(
+        ErrorCode::UnsupportedVersion,
+        format!("{address} speaks protocol version {version}, this client versions {MIN_VERSION} to {VERSION}"),
+    ))
+}
+
+async fn connect(
+    address: &str,
+    tls: Option<&TlsConfig>,
+    version: u16,
+) -> Result<Hello, ClientError> {
     let with_address =
         |err: std::io::Error| std::io::Error::new(err.kind(), format!("{address}: {err}"));
     let tcp = TcpStream::connect(address).await.map_err(with_address)?;
@@ -181,7 +239,7 @@ async fn connect(address: &str, tls: Option<&TlsConfig>) -> Result<BoxedStream, 
         }
     };
     stream
-        .write_all(&ClientHello::CURRENT.encode())
+        .write_all(&ClientHello { version, flags: 0 }.encode())
         .await
         .map_err(with_address)?;
     let mut answer = [0u8; HELLO_LEN];
@@ -199,15 +257,8 @@ async fn connect(address: &str, tls: Option<&TlsConfig>) -> Result<BoxedStream, 
     let hello = ServerHello::decode(answer)
         .map_err(|err| ClientError::Protocol(format!("{address}: {err}")))?;
     match hello.status {
-        HelloStatus::Ok => Ok(stream),
-        HelloStatus::UnsupportedVersion => Err(ClientError::Api(ApiError::new(
-            corvid_core::ErrorCode::UnsupportedVersion,
-            format!(
-                "{address} speaks protocol version {}, this client version {}",
-                hello.version,
-                corvid_wire::VERSION
-            ),
-        ))),
+        HelloStatus::Ok => Ok(Hello::Agreed(stream)),
+        HelloStatus::UnsupportedVersion => Ok(Hello::Refused(hello.version)),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use corvid_client::{Client, ClientConfig, ClientError};
 use corvid_core::{
     ApiError, EndReason, ErrorCode, Event, Message, MessageId, ReceiptStatus, Request, Response,
-    Token,
+    SubscribeFrom, Token,
 };
 use corvid_wire::Frame;
 use fake_server::{refusing_address, FakeServer};
@@ -120,7 +120,7 @@ async fn events_are_delivered_in_order_and_end_with_the_session() {
             request,
             Request::Subscribe {
                 token: TOKEN,
-                after: None
+                from: SubscribeFrom::OldestUnread,
             }
         );
         connection.send(Frame::Response {
@@ -321,7 +321,7 @@ async fn a_subscription_resumes_on_the_next_server_without_duplicates() {
             request,
             Request::Subscribe {
                 token: TOKEN,
-                after: Some(MessageId(4))
+                from: SubscribeFrom::After(MessageId(4)),
             }
         );
         connection.send(Frame::Response {
@@ -335,6 +335,95 @@ async fn a_subscription_resumes_on_the_next_server_without_duplicates() {
         connection.send(Frame::Event(Event::Message(message(5, "five"))));
         let event = subscription.events.recv().await.unwrap().unwrap();
         assert_eq!(event, Event::Message(message(5, "five")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_subscription_from_the_oldest_unread_resumes_after_what_it_delivered() {
+    bounded(async {
+        let mut first = FakeServer::start().await;
+        let mut second = FakeServer::start().await;
+        let servers = [first.address.clone(), second.address.clone()];
+        let client = Client::connect_with(quick_config(&servers)).await.unwrap();
+        let mut connection = first.accept().await;
+        let subscribe = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .subscribe_from(TOKEN, SubscribeFrom::OldestUnread)
+                    .await
+            }
+        });
+        let (id, request) = connection.request().await;
+        let from_unread = Request::Subscribe {
+            token: TOKEN,
+            from: SubscribeFrom::OldestUnread,
+        };
+        assert_eq!(request, from_unread);
+        connection.send(Frame::Response {
+            id,
+            response: Response::Subscribed {
+                last_id: MessageId(9),
+            },
+        });
+        let mut subscription = subscribe.await.unwrap().unwrap();
+        // Lost before the replay delivered anything: the same start again.
+        drop(connection);
+        let mut connection = second.accept().await;
+        let (id, request) = connection.request().await;
+        assert_eq!(request, from_unread);
+        connection.send(Frame::Response {
+            id,
+            response: Response::Subscribed {
+                last_id: MessageId(9),
+            },
+        });
+        connection.send(Frame::Event(Event::Message(message(7, "seven"))));
+        let event = subscription.events.recv().await.unwrap().unwrap();
+        assert_eq!(event, Event::Message(message(7, "seven")));
+        // Lost after delivering 7: resume after it, whatever has been read meanwhile.
+        drop(connection);
+        let mut connection = first.accept().await;
+        let (_, request) = connection.request().await;
+        assert_eq!(
+            request,
+            Request::Subscribe {
+                token: TOKEN,
+                from: SubscribeFrom::After(MessageId(7)),
+            }
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_version_1_server_is_spoken_to_in_version_1() {
+    bounded(async {
+        let mut server = FakeServer::start_speaking(1).await;
+        let client = Client::connect(&[server.address.clone()]).await.unwrap();
+        let mut connection = server.accept().await;
+        let ping = tokio::spawn({
+            let client = client.clone();
+            async move { client.call(Request::Ping).await }
+        });
+        let (id, request) = connection.request().await;
+        assert_eq!(request, Request::Ping);
+        connection.send(Frame::Response {
+            id,
+            response: Response::Pong,
+        });
+        assert_eq!(ping.await.unwrap().unwrap(), Response::Pong);
+        // Version 1 has no start from the oldest unread: refused here, not sent.
+        let refused = client
+            .subscribe_from(TOKEN, SubscribeFrom::OldestUnread)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::UnsupportedVersion),
+            "{refused}"
+        );
     })
     .await;
 }

@@ -64,13 +64,27 @@ pub enum Request {
         token: Token,
         ids: Vec<MessageId>,
     },
-    /// Start pushed events on this connection. With `after`, first replays every message
-    /// received after that id (that is still in the inbox), so a reconnecting client misses
-    /// nothing and sees nothing twice.
+    /// Start pushed events on this connection, first replaying what `from` names; see
+    /// [`SubscribeFrom`].
     Subscribe {
         token: Token,
-        after: Option<MessageId>,
+        from: SubscribeFrom,
     },
+}
+
+/// Where a subscription starts: which messages already in the inbox it replays before it
+/// goes live. In every case the replay and the live events meet with no gap and no repeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SubscribeFrom {
+    /// Replay nothing: only messages that arrive after the subscription started.
+    #[default]
+    Now,
+    /// Replay every message still in the inbox (read or unread) with an id greater than
+    /// this one: how a client that saved the id of the last message it saw resumes.
+    After(MessageId),
+    /// Replay every unread message, oldest first: how a client with no saved position
+    /// starts.
+    OldestUnread,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

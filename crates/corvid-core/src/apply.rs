@@ -263,9 +263,13 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         for k in dedup {
             self.t.delete(Table::Dedup, &k)?;
         }
-        self.t.delete(
-            Table::UsernameAccount,
-            validate::fold(&record.username).as_bytes(),
+        let folded = validate::fold(&record.username);
+        self.t.delete(Table::UsernameAccount, folded.as_bytes())?;
+        // Its peers keep reading their conversation with it by its old name.
+        self.t.put(
+            Table::FormerUsername,
+            &key::former_username(&folded, id.0),
+            &[],
         )?;
         self.t.delete(Table::Account, &key::id(id.0))?;
         Ok(Outcome::AccountDeleted)

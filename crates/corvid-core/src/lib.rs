@@ -19,7 +19,7 @@ pub mod types;
 pub mod validate;
 pub mod write_back;
 
-pub use api::{AccountRow, AccountsPage, Event, HistoryPage, Request, Response};
+pub use api::{AccountRow, AccountsPage, Event, HistoryPage, Request, Response, SubscribeFrom};
 pub use apply::apply;
 pub use command::{Applied, Command, Effect, Outcome, SessionPolicy};
 pub use error::{ApiError, ErrorCode, Rejection};

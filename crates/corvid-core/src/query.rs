@@ -188,6 +188,51 @@ pub fn inbox_after<T: Tables + ?Sized>(
     load_messages(t, ids)
 }
 
+/// Unread messages received by `account` with ids greater than `after` and at most
+/// `through`, oldest first: the replay of a subscription that starts from the oldest
+/// unread message. Examines at most [`UNREAD_SCAN_BUDGET`] inbox rows; the second value is
+/// where to go on (the last id examined), `None` once `through` is reached.
+pub fn unread_between<T: Tables + ?Sized>(
+    t: &T,
+    account_id: AccountId,
+    after: MessageId,
+    through: MessageId,
+    limit: usize,
+) -> Result<(Vec<Message>, Option<MessageId>), StorageFault> {
+    let Some(record) = account(t, account_id)? else {
+        return Ok((Vec::new(), None));
+    };
+    let first = after.0.saturating_add(1).max(record.unread_from);
+    if limit == 0 || record.unread == 0 || first > through.0 {
+        return Ok((Vec::new(), None));
+    }
+    let mut ids = Vec::new();
+    let mut examined = 0usize;
+    let mut last_examined = None;
+    let mut more = false;
+    t.scan(
+        Table::Inbox,
+        Bound::Included(&key::pair(account_id.0, first)),
+        Bound::Included(&key::pair(account_id.0, through.0)),
+        false,
+        &mut |k, v| {
+            if ids.len() == limit || examined == UNREAD_SCAN_BUDGET {
+                more = true;
+                return false;
+            }
+            examined += 1;
+            let id = key::part(k, 1);
+            last_examined = Some(MessageId(id));
+            if v == inbox::UNREAD {
+                ids.push(id);
+            }
+            true
+        },
+    )?;
+    let next = last_examined.filter(|id| more && *id < through);
+    Ok((load_messages(t, ids)?, next))
+}
+
 /// The id of the newest message in `account`'s inbox, or 0.
 pub fn last_inbox_id<T: Tables + ?Sized>(
     t: &T,
@@ -205,12 +250,47 @@ pub fn last_inbox_id<T: Tables + ?Sized>(
     Ok(MessageId(ids.first().copied().unwrap_or(0)))
 }
 
+/// The accounts whose conversation with the caller `history(with)` shows, newest first.
+///
+/// The account that holds the name now, if any: a later account with a reused name
+/// inherits nothing, and its conversation is not mixed with its predecessors'. Otherwise
+/// every deleted account that had the name, so that the messages they exchanged stay
+/// readable, attributed to that name. Their lifetimes did not overlap, so the newest
+/// account's messages all have larger ids than an older one's.
+fn history_peers<T: Tables + ?Sized>(t: &T, with: &str) -> Result<Vec<AccountId>, QueryError> {
+    if let Some(current) = account_id_by_name(t, with)? {
+        return Ok(vec![current]);
+    }
+    if validate::username(with).is_err() {
+        return Err(ErrorCode::UnknownUser.into());
+    }
+    let folded = validate::fold(with);
+    let mut former = Vec::new();
+    t.scan(
+        Table::FormerUsername,
+        Bound::Included(&key::former_username(&folded, 0)),
+        Bound::Included(&key::former_username(&folded, u64::MAX)),
+        true,
+        &mut |k, _| {
+            if let Some(id) = k.len().checked_sub(8).map(|at| key::part(&k[at..], 0)) {
+                former.push(AccountId(id));
+            }
+            true
+        },
+    )?;
+    if former.is_empty() {
+        return Err(ErrorCode::UnknownUser.into());
+    }
+    Ok(former)
+}
+
 /// One page of the conversation between `account` and the user `with`, paged backwards.
 ///
-/// The conversation's rows are shared by both users; rows of messages `account` deleted are
-/// skipped. A page examines at most [`HISTORY_SCAN_BUDGET`] rows: if they run out first
-/// (only when `account` deleted that many messages its peer kept), the page is short and
-/// `next_before` says where to go on.
+/// `with` names the account that holds the name now or, if none does, the deleted
+/// accounts that had it (see [`history_peers`]). The conversation's rows are shared by both
+/// users; rows of messages `account` deleted are skipped. A page examines at most
+/// [`HISTORY_SCAN_BUDGET`] rows: if they run out first (only when `account` deleted that
+/// many messages its peer kept), the page is short and `next_before` says where to go on.
 pub fn history<T: Tables + ?Sized>(
     t: &T,
     account: AccountId,
@@ -218,20 +298,20 @@ pub fn history<T: Tables + ?Sized>(
     before: Option<MessageId>,
     limit: u32,
 ) -> Result<HistoryPage, QueryError> {
-    let peer = account_id_by_name(t, with)?.ok_or(ErrorCode::UnknownUser)?;
-    let start = key::conversation(account.0, peer.0, 0);
-    let end = key::conversation(
-        account.0,
-        peer.0,
-        before.map_or(u64::MAX, |b| b.0.saturating_sub(1)),
-    );
+    let peers = history_peers(t, with)?;
+    let newest = before.map_or(u64::MAX, |b| b.0.saturating_sub(1));
     let limit = limit as usize;
     // Newest first; one more than asked tells whether an older page exists.
     let mut page: Vec<(MessageId, MessageRecord)> = Vec::new();
     let mut examined = 0usize;
     let mut oldest_examined = None;
     let mut fault = None;
-    if limit > 0 {
+    for peer in peers {
+        if limit == 0 || page.len() > limit || examined == HISTORY_SCAN_BUDGET {
+            break;
+        }
+        let start = key::conversation(account.0, peer.0, 0);
+        let end = key::conversation(account.0, peer.0, newest);
         t.scan(
             Table::Conversation,
             Bound::Included(&start),
@@ -265,9 +345,9 @@ pub fn history<T: Tables + ?Sized>(
                 page.len() <= limit
             },
         )?;
-    }
-    if let Some(fault) = fault {
-        return Err(fault.into());
+        if let Some(fault) = fault {
+            return Err(fault.into());
+        }
     }
     let next_before = if page.len() > limit {
         page.truncate(limit);

@@ -16,6 +16,7 @@
 //! | `conversation`     | lower id, higher id, message id       | ()               |
 //! | `dedup`            | sender id, client message id          | message id       |
 //! | `peer`             | higher account id, lower account id   | ()               |
+//! | `former_username`  | folded username, `00`, account id     | ()               |
 //!
 //! A received message has one `inbox` row, whose value says whether it is read: one row
 //! to write per message, not one in an inbox and another in an unread index. The account
@@ -28,6 +29,10 @@
 //! neither does. An account's conversations with higher ids are one range of `conversation`;
 //! `peer` lists, under each account, the lower ids it has exchanged a message with, so that
 //! deleting an account finds the rest.
+//!
+//! `former_username` remembers, for each deleted account, the name it had, so that its
+//! peers can still read their conversation with it by that name (a username never holds a
+//! `00` byte, so one name's rows are one range that no longer name shares).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -45,10 +50,11 @@ pub enum Table {
     Conversation,
     Dedup,
     Peer,
+    FormerUsername,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Meta,
         Table::Account,
         Table::UsernameAccount,
@@ -59,6 +65,7 @@ impl Table {
         Table::Conversation,
         Table::Dedup,
         Table::Peer,
+        Table::FormerUsername,
     ];
 
     /// The table's name in the database file.
@@ -74,6 +81,7 @@ impl Table {
             Table::Conversation => "conversation",
             Table::Dedup => "dedup",
             Table::Peer => "peer",
+            Table::FormerUsername => "former_username",
         }
     }
 
@@ -239,6 +247,15 @@ pub(crate) mod key {
     /// The `conversation` key of message `id` between accounts `a` and `b` (either order).
     pub fn conversation(a: u64, b: u64, id: u64) -> [u8; 24] {
         triple(a.min(b), a.max(b), id)
+    }
+
+    /// The `former_username` key of deleted account `id` that was named `folded`.
+    pub fn former_username(folded: &str, id: u64) -> Vec<u8> {
+        let mut key = Vec::with_capacity(folded.len() + 9);
+        key.extend_from_slice(folded.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&id.to_be_bytes());
+        key
     }
 
     /// The `n`th big-endian u64 of a key.

@@ -422,6 +422,40 @@ fn a_retried_send_returns_the_original_message() {
 }
 
 #[test]
+fn a_client_id_is_remembered_as_long_as_its_message_exists() {
+    let mut chat = Chat::new();
+    chat.create("alice");
+    chat.create("bob");
+    let alice = chat.login("alice");
+    let Outcome::Sent { message: first, .. } = chat.send(alice, "bob", "once", 7) else {
+        panic!()
+    };
+    // Much later, and after the sender deleted her copy: the recipient still has it, so
+    // a retry still returns it.
+    chat.now += 365 * 24 * 3600 * 1000;
+    let (alice, bob) = (chat.login("alice"), chat.login("bob"));
+    let delete = |session, chat: &Chat| Command::DeleteMessages {
+        session,
+        ids: vec![first.id],
+        now: chat.now,
+    };
+    chat.run(delete(alice, &chat));
+    assert_eq!(
+        chat.send(alice, "bob", "once", 7),
+        Outcome::Sent {
+            message: first.clone(),
+            duplicate: true
+        }
+    );
+    // Once nobody sees the message it is erased, and its client id with it.
+    chat.run(delete(bob, &chat));
+    assert!(matches!(
+        chat.send(alice, "bob", "again", 7),
+        Outcome::Sent { duplicate: false, message } if message.id != first.id
+    ));
+}
+
+#[test]
 fn fetch_unread_pages_oldest_first_and_mark_read_sends_receipts() {
     let mut chat = Chat::new();
     chat.create("alice");
@@ -791,10 +825,10 @@ fn delete_account_needs_force_with_unread_and_leaves_sent_messages_with_recipien
             .collect::<Vec<_>>(),
         [("alice", "from alice")]
     );
-    // Bob's message to Alice had only Alice's copy left... no: Bob still sees his sent copy.
+    // Bob still reads his conversation with Alice by her old name, both directions.
     assert_eq!(
-        query::history(&chat.tables, chat.id("bob"), "alice", None, 10),
-        Err(QueryError::Rejected(Rejection::new(ErrorCode::UnknownUser)))
+        chat.history_texts("bob", "alice"),
+        ["from alice", "unread by alice"]
     );
     assert_eq!(
         chat.send(bob, "alice", "anyone?", 0),
@@ -815,6 +849,134 @@ fn delete_account_needs_force_with_unread_and_leaves_sent_messages_with_recipien
         chat.send(alice2, "bob", "hi again", 0),
         Outcome::Sent { .. }
     ));
+}
+
+#[test]
+fn history_with_a_deleted_account_shows_what_the_caller_still_sees() {
+    let mut chat = Chat::new();
+    for name in ["alice", "Bob", "carol"] {
+        chat.create(name);
+    }
+    let alice = chat.login("alice");
+    let bob = chat.login("bob");
+    let carol = chat.login("carol");
+    chat.sent_id(alice, "bob", "a1");
+    let hidden = chat.sent_id(bob, "alice", "b1");
+    chat.sent_id(alice, "bob", "a2");
+    chat.sent_id(carol, "bob", "to bob from carol");
+    chat.sent_id(alice, "carol", "not with bob");
+    // Alice deletes one message from her view; it stays gone after Bob leaves.
+    chat.run(Command::DeleteMessages {
+        session: alice,
+        ids: vec![hidden],
+        now: chat.now,
+    });
+    let bob_id = chat.id("bob");
+    let outcome = chat.run(Command::DeleteAccount {
+        session: bob,
+        account: bob_id,
+        force: true,
+        now: chat.now,
+    });
+    assert_eq!(outcome, Outcome::AccountDeleted);
+
+    // (caller, name asked for, texts shown)
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("alice", "bob", &["a1", "a2"]),
+        ("alice", "BOB", &["a1", "a2"]),
+        ("carol", "bob", &["to bob from carol"]),
+        ("carol", "alice", &["not with bob"]),
+    ];
+    for (caller, with, texts) in cases {
+        assert_eq!(
+            chat.history_texts(caller, with),
+            *texts,
+            "{caller} with {with}"
+        );
+    }
+    // Attributed to the name the account had, as typed.
+    let page = query::history(&chat.tables, chat.id("alice"), "bob", None, 10).unwrap();
+    assert!(page
+        .messages
+        .iter()
+        .all(|m| m.to == "Bob" && m.from == "alice"));
+    // Paging works across the old conversation as across a live one.
+    let newest = query::history(&chat.tables, chat.id("alice"), "bob", None, 1).unwrap();
+    assert_eq!(newest.messages[0].text, "a2");
+    let older =
+        query::history(&chat.tables, chat.id("alice"), "bob", newest.next_before, 1).unwrap();
+    assert_eq!(older.messages[0].text, "a1");
+    assert_eq!(older.next_before, None);
+    // A name nobody ever had is still unknown.
+    assert_eq!(
+        query::history(&chat.tables, chat.id("alice"), "dave", None, 10),
+        Err(QueryError::Rejected(Rejection::new(ErrorCode::UnknownUser)))
+    );
+}
+
+#[test]
+fn a_reused_name_shows_only_the_new_account_and_former_holders_when_it_is_gone() {
+    let mut chat = Chat::new();
+    chat.create("alice");
+    let alice = chat.login("alice");
+    // Three accounts named bob, one after the other.
+    let mut texts_by_holder = Vec::new();
+    for holder in 1..=3 {
+        chat.create("bob");
+        let bob = chat.login("bob");
+        chat.sent_id(alice, "bob", &format!("to bob{holder}"));
+        chat.sent_id(bob, "alice", &format!("from bob{holder}"));
+        texts_by_holder.push([format!("to bob{holder}"), format!("from bob{holder}")]);
+        if holder < 3 {
+            let id = chat.id("bob");
+            assert_eq!(
+                chat.run(Command::DeleteAccount {
+                    session: bob,
+                    account: id,
+                    force: true,
+                    now: chat.now,
+                }),
+                Outcome::AccountDeleted
+            );
+        }
+    }
+    // While a bob exists, history with "bob" is the conversation with that account only.
+    assert_eq!(chat.history_texts("alice", "bob"), texts_by_holder[2]);
+    // And the new bob sees nothing of what the earlier ones exchanged.
+    assert_eq!(
+        chat.history_texts("bob", "alice"),
+        texts_by_holder[2].to_vec()
+    );
+    // Once no account has the name, history shows every former holder's conversation,
+    // oldest first: their lifetimes did not overlap.
+    let bob = chat.login("bob");
+    let id = chat.id("bob");
+    chat.run(Command::DeleteAccount {
+        session: bob,
+        account: id,
+        force: true,
+        now: chat.now,
+    });
+    assert_eq!(chat.history_texts("alice", "bob"), texts_by_holder.concat());
+    // Paged backwards two at a time, it crosses from one former holder to the next.
+    let mut before = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = query::history(&chat.tables, chat.id("alice"), "bob", before, 2).unwrap();
+        pages.push(
+            page.messages
+                .iter()
+                .map(|m| m.text.clone())
+                .collect::<Vec<_>>(),
+        );
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    pages.reverse();
+    let expected: Vec<Vec<String>> = texts_by_holder.iter().map(|pair| pair.to_vec()).collect();
+    assert_eq!(pages, expected);
 }
 
 #[test]
@@ -893,6 +1055,48 @@ fn subscribers_resume_from_the_last_id_they_saw() {
         query::last_inbox_id(&chat.tables, chat.id("alice")).unwrap(),
         MessageId(0)
     );
+}
+
+#[test]
+fn subscribers_from_the_oldest_unread_replay_only_unread_messages_up_to_the_start() {
+    let mut chat = Chat::new();
+    chat.create("alice");
+    chat.create("bob");
+    let alice = chat.login("alice");
+    let bob = chat.login("bob");
+    let ids: Vec<_> = (0..6)
+        .map(|i| chat.sent_id(alice, "bob", &format!("m{i}")))
+        .collect();
+    chat.run(Command::MarkRead {
+        session: bob,
+        ids: vec![ids[0], ids[2], ids[3]],
+        now: chat.now,
+    });
+    let bob_id = chat.id("bob");
+    let replay = |after: MessageId, through: MessageId, limit: usize| {
+        let (messages, next) =
+            query::unread_between(&chat.tables, bob_id, after, through, limit).unwrap();
+        (
+            messages.iter().map(|m| m.text.clone()).collect::<Vec<_>>(),
+            next,
+        )
+    };
+    // (after, through, limit) -> (texts, where to go on)
+    let cases = [
+        ((MessageId(0), ids[5], 100), (vec!["m1", "m4", "m5"], None)),
+        ((MessageId(0), ids[4], 100), (vec!["m1", "m4"], None)),
+        ((ids[1], ids[5], 100), (vec!["m4", "m5"], None)),
+        ((MessageId(0), ids[5], 1), (vec!["m1"], Some(ids[1]))),
+        ((ids[1], ids[5], 1), (vec!["m4"], Some(ids[4]))),
+        ((ids[5], ids[5], 100), (vec![], None)),
+    ];
+    for ((after, through, limit), (texts, next)) in cases {
+        assert_eq!(
+            replay(after, through, limit),
+            (texts.iter().map(|t| t.to_string()).collect(), next),
+            "after {after:?} through {through:?} limit {limit}"
+        );
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use corvid_core::{
     AccountRow, AccountsPage, ApiError, EndReason, ErrorCode, Event, HistoryPage, Message,
-    MessageId, PatternSyntax, ReceiptStatus, Request, Response, Token,
+    MessageId, PatternSyntax, ReceiptStatus, Request, Response, SubscribeFrom, Token,
 };
 
 use crate::pb;
@@ -250,9 +250,19 @@ impl RpcRequest for pb::DeleteMessagesRequest {
 
 impl RpcRequest for pb::SubscribeRequest {
     fn into_request(self) -> Result<Request, Malformed> {
+        let from = match (self.after, self.from_unread) {
+            (None, false) => SubscribeFrom::Now,
+            (Some(after), false) => SubscribeFrom::After(MessageId(after)),
+            (None, true) => SubscribeFrom::OldestUnread,
+            (Some(_), true) => {
+                return Err(Malformed(
+                    "a subscription starts after an id or from the oldest unread, not both".into(),
+                ))
+            }
+        };
         Ok(Request::Subscribe {
             token: token(&self.token)?,
-            after: self.after.map(MessageId),
+            from,
         })
     }
 }
@@ -351,9 +361,13 @@ impl From<Request> for Call {
                     ids: pb_ids(ids),
                 })
             }
-            Request::Subscribe { token, after } => Call::Subscribe(pb::SubscribeRequest {
+            Request::Subscribe { token, from } => Call::Subscribe(pb::SubscribeRequest {
                 token: token.0.to_vec(),
-                after: after.map(|id| id.0),
+                after: match from {
+                    SubscribeFrom::After(after) => Some(after.0),
+                    SubscribeFrom::Now | SubscribeFrom::OldestUnread => None,
+                },
+                from_unread: from == SubscribeFrom::OldestUnread,
             }),
         }
     }
@@ -683,11 +697,15 @@ mod tests {
             },
             Request::Subscribe {
                 token: TOKEN,
-                after: Some(MessageId(41)),
+                from: SubscribeFrom::After(MessageId(41)),
             },
             Request::Subscribe {
                 token: TOKEN,
-                after: None,
+                from: SubscribeFrom::Now,
+            },
+            Request::Subscribe {
+                token: TOKEN,
+                from: SubscribeFrom::OldestUnread,
             },
         ]
     }
@@ -812,6 +830,15 @@ mod tests {
             cursor: None,
         };
         assert!(request.into_request().is_err(), "unknown pattern syntax");
+        let both = pb::SubscribeRequest {
+            token: TOKEN.0.to_vec(),
+            after: Some(1),
+            from_unread: true,
+        };
+        assert!(
+            both.into_request().is_err(),
+            "after and from_unread at once"
+        );
         let mut bad_status = pb::Message::from(message(1, ReceiptStatus::Sent));
         bad_status.status = 3;
         assert!(Message::try_from(bad_status).is_err());

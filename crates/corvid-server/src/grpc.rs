@@ -368,10 +368,10 @@ impl Chat for GrpcFrontend {
             .into_inner()
             .into_request()
             .map_err(|malformed| status(malformed.into()))?;
-        let Request::Subscribe { token, after } = request else {
+        let Request::Subscribe { token, from } = request else {
             return Err(status(ErrorCode::Internal.into()));
         };
-        let subscription = self.service.subscribe(token, after).await.map_err(status)?;
+        let subscription = self.service.subscribe(token, from).await.map_err(status)?;
         let first = StreamItem::Subscribed {
             last_id: subscription.last_id(),
         };

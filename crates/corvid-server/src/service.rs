@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use corvid_core::query::{self, QueryError};
 use corvid_core::{
     validate, AccountId, ApiError, Command, EndReason, ErrorCode, Event, Message, MessageId,
-    Outcome, Pattern, Request, Response, SessionKey, SessionPolicy, Timestamp, Token,
+    Outcome, Pattern, Request, Response, SessionKey, SessionPolicy, SubscribeFrom, Timestamp,
+    Token,
 };
 use corvid_raft::{Node, NodeError};
 
@@ -306,12 +307,13 @@ impl Service {
         }
     }
 
-    /// Starts pushed events for a session. With `after`, the subscription first replays
-    /// every inbox message newer than that id, then goes live without gaps or repeats.
+    /// Starts pushed events for a session. The subscription first replays the inbox
+    /// messages `from` names (none, those after an id, or the unread ones), then goes live
+    /// without gaps or repeats.
     pub async fn subscribe(
         self: &Arc<Self>,
         token: Token,
-        after: Option<MessageId>,
+        from: SubscribeFrom,
     ) -> Result<Subscription, ApiError> {
         let session = token.session_key();
         let now = now();
@@ -329,6 +331,25 @@ impl Service {
         let mut touch =
             tokio::time::interval_at(tokio::time::Instant::now() + touch_every, touch_every);
         touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (replay, skip_through) = match from {
+            SubscribeFrom::Now => (None, MessageId(0)),
+            SubscribeFrom::After(after) => (
+                Some(Replay {
+                    cursor: after,
+                    unread_only: false,
+                })
+                .filter(|_| after < last_id),
+                last_id,
+            ),
+            SubscribeFrom::OldestUnread => (
+                Some(Replay {
+                    cursor: MessageId(0),
+                    unread_only: true,
+                })
+                .filter(|_| last_id > MessageId(0)),
+                last_id,
+            ),
+        };
         Ok(Subscription {
             service: self.clone(),
             account,
@@ -336,12 +357,8 @@ impl Service {
             _registration: registration,
             events,
             backlog: VecDeque::new(),
-            replay_cursor: after.filter(|a| *a < last_id),
-            skip_through: if after.is_some() {
-                last_id
-            } else {
-                MessageId(0)
-            },
+            replay,
+            skip_through,
             last_id,
             touch,
             ended: false,
@@ -384,8 +401,8 @@ pub struct Subscription {
     _registration: Registration,
     events: mpsc::Receiver<Box<Event>>,
     backlog: VecDeque<Message>,
-    /// Where the replay of missed messages stands; `None` once it has caught up.
-    replay_cursor: Option<MessageId>,
+    /// Where the replay of inbox messages stands; `None` once it has caught up.
+    replay: Option<Replay>,
     /// Live messages up to this id were (or will be) sent by the replay.
     skip_through: MessageId,
     last_id: MessageId,
@@ -410,20 +427,38 @@ impl Subscription {
                 self.service.delivered(self.account, &message);
                 return Some(Event::Message(message));
             }
-            if let Some(cursor) = self.replay_cursor {
+            if let Some(Replay {
+                cursor,
+                unread_only,
+            }) = self.replay
+            {
                 let (account, last_id) = (self.account, self.last_id);
                 let page = self
                     .service
                     .read(move |t| {
-                        Ok::<_, QueryError>(query::inbox_after(t, account, cursor, REPLAY_PAGE)?)
+                        if unread_only {
+                            return Ok::<_, QueryError>(query::unread_between(
+                                t,
+                                account,
+                                cursor,
+                                last_id,
+                                REPLAY_PAGE,
+                            )?);
+                        }
+                        let page = query::inbox_after(t, account, cursor, REPLAY_PAGE)?;
+                        let full = page.len() == REPLAY_PAGE;
+                        let next = page.last().map(|m| m.id).filter(|id| full && *id < last_id);
+                        Ok((page, next))
                     })
                     .await;
-                let Ok(page) = page else {
+                let Ok((page, next)) = page else {
                     self.ended = true;
                     return None;
                 };
-                let full = page.len() == REPLAY_PAGE;
-                self.replay_cursor = page.last().map(|m| m.id).filter(|id| full && *id < last_id);
+                self.replay = next.map(|cursor| Replay {
+                    cursor,
+                    unread_only,
+                });
                 self.backlog
                     .extend(page.into_iter().filter(|m| m.id <= last_id));
                 continue;
@@ -456,6 +491,14 @@ impl Subscription {
             }
         }
     }
+}
+
+/// What a subscription still has to replay before it goes live: inbox messages after
+/// `cursor`, all of them or only the unread ones, up to the newest when it started.
+#[derive(Clone, Copy, Debug)]
+struct Replay {
+    cursor: MessageId,
+    unread_only: bool,
 }
 
 /// Batches delivery notes into `MarkDelivered` commands: one log entry per account per

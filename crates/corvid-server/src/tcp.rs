@@ -141,13 +141,10 @@ where
     let (read, write) = tokio::io::split(stream);
     // Most connections are idle most of the time: start both buffers small (they grow to
     // fit a burst), but keep the write side's flush threshold at its usual 8 KiB.
-    let mut input =
-        FramedRead::with_capacity(read, WireCodec::new(limits.max_frame_bytes), INITIAL_BUFFER);
-    let mut output = FramedWrite::with_capacity(
-        write,
-        WireCodec::new(limits.max_frame_bytes),
-        INITIAL_BUFFER,
-    );
+    // The connection speaks the version the hello agreed on.
+    let codec = WireCodec::new(limits.max_frame_bytes).with_version(answer.version);
+    let mut input = FramedRead::with_capacity(read, codec, INITIAL_BUFFER);
+    let mut output = FramedWrite::with_capacity(write, codec, INITIAL_BUFFER);
     output.set_backpressure_boundary(WRITE_BOUNDARY);
     if !admitted {
         let error = ApiError::from(ErrorCode::TooManyConnections);
@@ -292,7 +289,7 @@ fn serve_request(service: &Arc<Service>, id: u32, request: Request) -> PendingRe
     let service = service.clone();
     Box::pin(async move {
         match request {
-            Request::Subscribe { token, after } => match service.subscribe(token, after).await {
+            Request::Subscribe { token, from } => match service.subscribe(token, from).await {
                 Ok(subscription) => Reply::Subscribed {
                     id,
                     subscription: Box::new(subscription),

@@ -89,6 +89,7 @@ async fn subscribe(
         .subscribe(pb::SubscribeRequest {
             token: token.to_vec(),
             after,
+            from_unread: false,
         })
         .await
         .unwrap()
@@ -359,6 +360,7 @@ async fn errors_are_statuses_with_the_corvid_code_in_metadata() {
         .subscribe(pb::SubscribeRequest {
             token: Vec::new(),
             after: None,
+            from_unread: false,
         })
         .await;
     assert_eq!(corvid_code(no_token), ErrorCode::Malformed);
@@ -376,6 +378,7 @@ async fn errors_are_statuses_with_the_corvid_code_in_metadata() {
         .subscribe(pb::SubscribeRequest {
             token: vec![0; 16],
             after: None,
+            from_unread: false,
         })
         .await;
     assert_eq!(corvid_code(stranger), ErrorCode::Unauthenticated);
@@ -490,5 +493,85 @@ async fn a_message_crosses_between_grpc_and_the_binary_protocol_both_ways() {
             other => panic!("unexpected {other:?}"),
         }
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscribing_from_unread_over_grpc_gets_every_unread_message_once_then_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let mut chat = connect(&server).await;
+    register(&mut chat, "alice").await;
+    register(&mut chat, "bob").await;
+    let alice = login(&mut chat, "alice").await;
+    let bob = login(&mut chat, "bob").await;
+    // Read before this session: not replayed.
+    let read = send(&mut chat, &alice, "bob", "already read").await;
+    chat.mark_read(pb::MarkReadRequest {
+        token: bob.clone(),
+        ids: vec![read.id],
+    })
+    .await
+    .unwrap();
+    // A new session; a message lands between its login and its subscribe, and more keep
+    // arriving while the subscribe is under way.
+    let phone = login(&mut chat, "bob").await;
+    let between = send(&mut chat, &alice, "bob", "between").await;
+    let racing = tokio::spawn({
+        let mut chat = chat.clone();
+        let alice = alice.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..40 {
+                ids.push(
+                    send(&mut chat, &alice, "bob", &format!("racing {i}"))
+                        .await
+                        .id,
+                );
+            }
+            ids
+        }
+    });
+    let mut stream = chat
+        .subscribe(pb::SubscribeRequest {
+            token: phone.clone(),
+            after: None,
+            from_unread: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(next(&mut stream).await, PbEvent::Subscribed(_)));
+    let mut sent = vec![between.id];
+    sent.extend(racing.await.unwrap());
+    let last = send(&mut chat, &alice, "bob", "after").await.id;
+    sent.push(last);
+    // Every message, once, in order: the replay and the live stream meet exactly.
+    let mut received = Vec::new();
+    while received.last() != Some(&last) {
+        match next(&mut stream).await {
+            PbEvent::Message(message) => received.push(message.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, sent);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subscribe_with_both_after_and_from_unread_is_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let mut chat = connect(&server).await;
+    register(&mut chat, "alice").await;
+    let alice = login(&mut chat, "alice").await;
+    let both = chat
+        .subscribe(pb::SubscribeRequest {
+            token: alice,
+            after: Some(1),
+            from_unread: true,
+        })
+        .await;
+    assert_eq!(corvid_code(both), ErrorCode::Malformed);
     server.shutdown().await.unwrap();
 }

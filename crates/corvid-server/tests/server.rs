@@ -12,7 +12,7 @@ use tokio_util::codec::Framed;
 
 use corvid_core::{
     ApiError, EndReason, ErrorCode, Event, MessageId, PatternSyntax, ReceiptStatus, Request,
-    Response, Token,
+    Response, SubscribeFrom, Token,
 };
 use corvid_server::{Config, RunningServer};
 use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, WireCodec, HELLO_LEN};
@@ -35,16 +35,27 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Conn {
+        Conn::open_version(addr, ClientHello::CURRENT.version).await
+    }
+
+    /// A connection that speaks protocol `version`.
+    async fn open_version(addr: SocketAddr, version: u16) -> Conn {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream
-            .write_all(&ClientHello::CURRENT.encode())
+            .write_all(&ClientHello { version, flags: 0 }.encode())
             .await
             .unwrap();
         let mut hello = [0u8; HELLO_LEN];
         stream.read_exact(&mut hello).await.unwrap();
-        assert_eq!(ServerHello::decode(hello).unwrap().status, HelloStatus::Ok);
+        assert_eq!(
+            ServerHello::decode(hello).unwrap(),
+            ServerHello {
+                version,
+                status: HelloStatus::Ok
+            }
+        );
         Conn {
-            framed: Framed::new(stream, WireCodec::default()),
+            framed: Framed::new(stream, WireCodec::default().with_version(version)),
             next_id: 1,
             events: VecDeque::new(),
         }
@@ -146,7 +157,12 @@ impl Conn {
 
     /// Subscribes this connection to `token`'s events from now on.
     async fn subscribe(&mut self, token: Token) {
-        let answer = self.call(Request::Subscribe { token, after: None }).await;
+        let answer = self
+            .call(Request::Subscribe {
+                token,
+                from: SubscribeFrom::Now,
+            })
+            .await;
         assert!(
             matches!(answer, Ok(Response::Subscribed { .. })),
             "{answer:?}"
@@ -343,7 +359,7 @@ async fn offline_messages_wait_and_a_resubscribe_resumes_after_the_last_seen_id(
     let answer = bob
         .call(Request::Subscribe {
             token: bob_token,
-            after: Some(ids[0]),
+            from: SubscribeFrom::After(ids[0]),
         })
         .await;
     assert_eq!(answer, Ok(Response::Subscribed { last_id: ids[2] }));
@@ -373,6 +389,156 @@ async fn offline_messages_wait_and_a_resubscribe_resumes_after_the_last_seen_id(
     assert_eq!(
         messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
         ["one", "two"]
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscribing_from_the_oldest_unread_gets_every_unread_message_once_then_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let ((mut alice, alice_token), (mut bob, bob_token)) = alice_and_bob(&server).await;
+    // Read before this session: not replayed.
+    let read = alice.send(alice_token, "bob", "already read").await;
+    let marked = bob
+        .call(Request::MarkRead {
+            token: bob_token,
+            ids: vec![read],
+        })
+        .await;
+    assert_eq!(marked, Ok(Response::MarkedRead { count: 1 }));
+    // Bob logs in again on a fresh connection; a message lands between his login and his
+    // subscribe, and more keep arriving while the subscribe is under way.
+    let mut phone = Conn::open(server.wire_addr()).await;
+    let (phone_token, unread) = phone.login("bob").await;
+    assert_eq!(unread, 0);
+    let between = alice.send(alice_token, "bob", "between").await;
+    let mut sent = vec![between];
+    let mut texts = Vec::new();
+    for i in 0..40 {
+        texts.push(format!("racing {i}"));
+    }
+    for text in &texts {
+        alice
+            .send_request(Request::Send {
+                token: alice_token,
+                to: "bob".into(),
+                text: text.clone(),
+                client_id: 0,
+            })
+            .await;
+    }
+    let subscribed = phone
+        .call(Request::Subscribe {
+            token: phone_token,
+            from: SubscribeFrom::OldestUnread,
+        })
+        .await;
+    assert!(
+        matches!(subscribed, Ok(Response::Subscribed { .. })),
+        "{subscribed:?}"
+    );
+    for _ in &texts {
+        let Frame::Response {
+            response: Response::Sent { message, .. },
+            ..
+        } = alice.answer().await
+        else {
+            panic!("a send failed")
+        };
+        sent.push(message.id);
+    }
+    let last = alice.send(alice_token, "bob", "after").await;
+    sent.push(last);
+    // Every message, once, in order: the replay and the live stream meet exactly.
+    let mut received = Vec::new();
+    while received.last() != Some(&last) {
+        match phone.event().await {
+            Event::Message(message) => received.push(message.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, sent);
+    // Still unread: a push does not mark a message read.
+    let (_, unread) = bob.login("bob").await;
+    assert_eq!(unread, sent.len() as u64);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_subscribe_on_a_connection_replaces_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let ((mut alice, alice_token), (mut bob, bob_token)) = alice_and_bob(&server).await;
+    let first = alice.send(alice_token, "bob", "first").await;
+    bob.subscribe(bob_token).await;
+    // The second one replays the inbox after id 0; the first one is gone.
+    let again = bob
+        .call(Request::Subscribe {
+            token: bob_token,
+            from: SubscribeFrom::After(MessageId(0)),
+        })
+        .await;
+    assert_eq!(again, Ok(Response::Subscribed { last_id: first }));
+    let Event::Message(replayed) = bob.event().await else {
+        panic!("expected the replay")
+    };
+    assert_eq!(replayed.id, first);
+    // A live message comes once, not once per subscribe.
+    let live = alice.send(alice_token, "bob", "live").await;
+    let marker = alice.send(alice_token, "bob", "marker").await;
+    let mut received = Vec::new();
+    while received.last() != Some(&marker) {
+        match bob.event().await {
+            Event::Message(message) => received.push(message.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, [live, marker]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_id_0_is_malformed_and_version_1_clients_keep_their_meaning() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let mut conn = Conn::open(server.wire_addr()).await;
+    conn.framed
+        .send(Frame::Request {
+            id: 0,
+            request: Request::Ping,
+        })
+        .await
+        .unwrap();
+    let Frame::Error { id: 0, error } = conn.answer().await else {
+        panic!("request id 0 must be answered with an error about id 0")
+    };
+    assert_eq!(error.code, ErrorCode::Malformed);
+    assert_eq!(conn.call(Request::Ping).await, Ok(Response::Pong));
+
+    // A version-1 client is served in version 1: its Subscribe means what it always did,
+    // and the start that version 2 added is malformed there.
+    let mut old = Conn::open_version(server.wire_addr(), 1).await;
+    old.register("alice").await;
+    let (token, _) = old.login("alice").await;
+    let refused = old
+        .call(Request::Subscribe {
+            token,
+            from: SubscribeFrom::OldestUnread,
+        })
+        .await;
+    assert_eq!(code(refused), ErrorCode::Malformed);
+    let subscribed = old
+        .call(Request::Subscribe {
+            token,
+            from: SubscribeFrom::After(MessageId(0)),
+        })
+        .await;
+    assert_eq!(
+        subscribed,
+        Ok(Response::Subscribed {
+            last_id: MessageId(0)
+        })
     );
     server.shutdown().await.unwrap();
 }
@@ -580,7 +746,7 @@ async fn single_session_policy_ends_the_older_session_and_tells_it_why() {
     assert!(phone
         .call(Request::Subscribe {
             token: old,
-            after: None
+            from: SubscribeFrom::Now,
         })
         .await
         .is_ok());

@@ -261,6 +261,68 @@ async fn vote_log_and_state_survive_a_reopen() {
 }
 
 #[tokio::test]
+async fn a_state_file_from_before_the_former_username_table_opens_and_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = conversation(&["hello bob"]);
+    {
+        let mut store = open(dir.path());
+        store.state_machine.apply(entries.clone()).await.unwrap();
+        close(store).await;
+    }
+    // A data directory written before the table existed has every other table.
+    {
+        let db = redb::Database::create(dir.path().join(corvid_store::STATE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let former: redb::TableDefinition<&[u8], &[u8]> =
+            redb::TableDefinition::new(Table::FormerUsername.name());
+        assert!(txn.delete_table(former).unwrap());
+        txn.commit().unwrap();
+    }
+    let mut store = open(dir.path());
+    assert_eq!(bob_unread(&store.reader), ["hello bob"]);
+    // A read that looks for a former holder of a name finds none, and no storage fault.
+    let unknown = store
+        .reader
+        .read(|t| query::history(t, AccountId(1), "carol", None, 10))
+        .unwrap();
+    assert!(
+        matches!(&unknown, Err(query::QueryError::Rejected(r)) if r.code == corvid_core::ErrorCode::UnknownUser),
+        "{unknown:?}"
+    );
+    // Bob deletes his account; Alice still reads their conversation by his old name.
+    let next = entries.len() as u64 + 1;
+    let bob_session = token(2).session_key();
+    entries = vec![
+        entry(1, next, login(2, 2, 30)),
+        entry(
+            1,
+            next + 1,
+            Command::DeleteAccount {
+                session: bob_session,
+                account: AccountId(2),
+                force: true,
+                now: 31,
+            },
+        ),
+    ];
+    let outcomes = store.state_machine.apply(entries).await.unwrap();
+    assert_eq!(outcomes[1], vec![Outcome::AccountDeleted]);
+    let history = store
+        .reader
+        .read(|t| query::history(t, AccountId(1), "bob", None, 10))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        history
+            .messages
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>(),
+        ["hello bob"]
+    );
+}
+
+#[tokio::test]
 async fn purge_and_truncate_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {

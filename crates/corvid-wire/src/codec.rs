@@ -5,6 +5,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{CodecError, DecodeError, Malformed};
 use crate::frame::{self, Frame, DEFAULT_MAX_FRAME};
+use crate::VERSION;
 
 /// Decodes and encodes [`Frame`]s on a byte stream, after the handshake.
 ///
@@ -16,16 +17,30 @@ use crate::frame::{self, Frame, DEFAULT_MAX_FRAME};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WireCodec {
     max_len: usize,
+    version: u16,
 }
 
 impl WireCodec {
-    /// A codec that refuses frames whose length prefix exceeds `max_len`.
+    /// A codec that refuses frames whose length prefix exceeds `max_len`, and decodes the
+    /// newest protocol version.
     pub fn new(max_len: usize) -> WireCodec {
-        WireCodec { max_len }
+        WireCodec {
+            max_len,
+            version: VERSION,
+        }
+    }
+
+    /// The same codec for a connection that agreed on protocol `version` in its hello.
+    pub fn with_version(self, version: u16) -> WireCodec {
+        WireCodec { version, ..self }
     }
 
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    pub fn version(&self) -> u16 {
+        self.version
     }
 }
 
@@ -40,7 +55,7 @@ impl Decoder for WireCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
-        match frame::decode(src, self.max_len) {
+        match frame::decode_version(src, self.max_len, self.version) {
             Ok(frame) => Ok(frame.map(Ok)),
             Err(DecodeError::Malformed(malformed)) => Ok(Some(Err(malformed))),
             Err(fatal) => Err(fatal.into()),

@@ -10,7 +10,7 @@ use corvid_core::{ApiError, Event, Request, Response};
 
 use crate::error::{DecodeError, EncodeError, Malformed};
 use crate::primitive::{FieldError, ReadResult, Reader, Writer};
-use crate::{event, opcode, request, response};
+use crate::{event, opcode, request, response, VERSION};
 
 /// The size of the length prefix that starts every frame.
 pub const LENGTH_PREFIX: usize = 4;
@@ -114,8 +114,19 @@ fn write_frame(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), En
 ///   Nothing was consumed and the stream cannot be framed any further.
 ///
 /// `max_len` bounds the length prefix (the bytes after it), and is checked as soon as the
-/// prefix has arrived, before any buffer grows.
+/// prefix has arrived, before any buffer grows. Decodes the newest protocol version,
+/// [`VERSION`]; see [`decode_version`].
 pub fn decode(src: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, DecodeError> {
+    decode_version(src, max_len, VERSION)
+}
+
+/// [`decode`] for a connection that speaks protocol `version`: a request that uses what
+/// a later version added is malformed.
+pub fn decode_version(
+    src: &mut BytesMut,
+    max_len: usize,
+    version: u16,
+) -> Result<Option<Frame>, DecodeError> {
     let Some(prefix) = src.first_chunk::<LENGTH_PREFIX>() else {
         return Ok(None);
     };
@@ -138,26 +149,41 @@ pub fn decode(src: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, Decod
         return Err(DecodeError::FrameTooShort { len });
     };
     let request_id = u32::from_be_bytes([a, b, c, d]);
-    read_frame(code, request_id, body).map(Some).map_err(|err| {
-        DecodeError::Malformed(Malformed {
-            request_id,
-            opcode: code,
-            reason: err.to_string(),
+    read_frame(code, request_id, body, version)
+        .map(Some)
+        .map_err(|err| {
+            DecodeError::Malformed(Malformed {
+                request_id,
+                opcode: code,
+                reason: err.to_string(),
+            })
         })
-    })
 }
 
-fn read_frame(code: u8, request_id: u32, body: &[u8]) -> ReadResult<Frame> {
+fn read_frame(code: u8, request_id: u32, body: &[u8], version: u16) -> ReadResult<Frame> {
     let mut r = Reader::new(body);
     let frame = match code {
-        code if opcode::REQUESTS.contains(&code) => Frame::Request {
-            id: request_id,
-            request: request::read(code, &mut r)?,
-        },
-        code if opcode::RESPONSES.contains(&code) => Frame::Response {
-            id: request_id,
-            response: response::read(code, &mut r)?,
-        },
+        code if opcode::REQUESTS.contains(&code) => {
+            // Request id 0 would make the answer look like a frame about the connection.
+            if request_id == 0 {
+                return Err(FieldError::ReservedRequestId);
+            }
+            let request = request::read(code, &mut r)?;
+            request::check_version(&request, version)?;
+            Frame::Request {
+                id: request_id,
+                request,
+            }
+        }
+        code if opcode::RESPONSES.contains(&code) => {
+            if request_id == 0 {
+                return Err(FieldError::ReservedRequestId);
+            }
+            Frame::Response {
+                id: request_id,
+                response: response::read(code, &mut r)?,
+            }
+        }
         code if opcode::EVENTS.contains(&code) => {
             let event = event::read(code, &mut r)?;
             if request_id != 0 {

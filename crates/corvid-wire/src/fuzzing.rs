@@ -15,7 +15,7 @@
 use bytes::BytesMut;
 use corvid_core::{
     AccountRow, AccountsPage, ApiError, EndReason, ErrorCode, Event, HistoryPage, Message,
-    MessageId, PatternSyntax, ReceiptStatus, Request, Response, Token,
+    MessageId, PatternSyntax, ReceiptStatus, Request, Response, SubscribeFrom, Token,
 };
 
 use crate::error::DecodeError;
@@ -261,7 +261,13 @@ pub fn samples() -> Vec<(&'static str, Frame)> {
         ),
         (
             "subscribe",
-            request(14, Request::Subscribe { token, after: None }),
+            request(
+                14,
+                Request::Subscribe {
+                    token,
+                    from: SubscribeFrom::Now,
+                },
+            ),
         ),
         (
             "subscribe_after",
@@ -269,7 +275,17 @@ pub fn samples() -> Vec<(&'static str, Frame)> {
                 15,
                 Request::Subscribe {
                     token,
-                    after: Some(MessageId(41)),
+                    from: SubscribeFrom::After(MessageId(41)),
+                },
+            ),
+        ),
+        (
+            "subscribe_oldest_unread",
+            request(
+                16,
+                Request::Subscribe {
+                    token,
+                    from: SubscribeFrom::OldestUnread,
                 },
             ),
         ),

@@ -7,8 +7,11 @@
 
 /// The first four bytes of both hellos: ASCII `CRVD`.
 pub const MAGIC: [u8; 4] = *b"CRVD";
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The newest protocol version this crate speaks. Version 2 adds the `oldest unread`
+/// start of `Subscribe`; everything else is as in version 1.
+pub const VERSION: u16 = 2;
+/// The oldest protocol version this crate still speaks.
+pub const MIN_VERSION: u16 = 1;
 /// The size of either hello.
 pub const HELLO_LEN: usize = 8;
 
@@ -27,7 +30,7 @@ pub enum HelloError {
 pub struct ClientHello {
     /// The protocol version the client speaks.
     pub version: u16,
-    /// Reserved: clients send 0, and version-1 servers ignore them.
+    /// Reserved: clients send 0, and servers ignore them.
     pub flags: u16,
 }
 
@@ -73,16 +76,20 @@ pub struct ServerHello {
 }
 
 impl ServerHello {
-    /// The answer of a server that speaks [`VERSION`] to `hello`.
+    /// The answer of a server that speaks versions [`MIN_VERSION`] to [`VERSION`] to
+    /// `hello`: the client's version when it is one of them (the connection then speaks
+    /// it), else a refusal that names the newest.
     pub fn answer(hello: &ClientHello) -> ServerHello {
-        let status = if hello.version == VERSION {
-            HelloStatus::Ok
+        if (MIN_VERSION..=VERSION).contains(&hello.version) {
+            ServerHello {
+                version: hello.version,
+                status: HelloStatus::Ok,
+            }
         } else {
-            HelloStatus::UnsupportedVersion
-        };
-        ServerHello {
-            version: VERSION,
-            status,
+            ServerHello {
+                version: VERSION,
+                status: HelloStatus::UnsupportedVersion,
+            }
         }
     }
 

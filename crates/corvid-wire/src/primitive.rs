@@ -42,6 +42,17 @@ pub(crate) enum FieldError {
     },
     #[error("a request id of {0} where an event must carry 0")]
     EventWithRequestId(u32),
+    #[error("request id 0 is reserved for events and errors about the connection")]
+    ReservedRequestId,
+    #[error(
+        "`{field}` value {value} needs protocol version {needed}; this connection speaks {version}"
+    )]
+    NeedsVersion {
+        field: &'static str,
+        value: u64,
+        needed: u16,
+        version: u16,
+    },
     #[error("{0} byte(s) after the last field")]
     Trailing(usize),
 }

@@ -3,13 +3,22 @@
 //! Each request's fields are listed once in `write` and once in `read`, in wire order;
 //! docs/protocol.md is the byte-level description of the same layouts.
 
-use corvid_core::{PatternSyntax, Request};
+use corvid_core::{PatternSyntax, Request, SubscribeFrom};
 
 use crate::opcode;
 use crate::primitive::{FieldError, ReadResult, Reader, WriteResult, Writer};
 
 /// Smallest encoded item of a `list<u64>`.
 const MESSAGE_ID_SIZE: usize = 8;
+
+/// The tags of `Subscribe.from`. 0 and 1 are the `opt<u64>` `after` of version 1, byte
+/// for byte, so a version-1 Subscribe means the same in version 2.
+const FROM_NOW: u8 = 0;
+const FROM_AFTER: u8 = 1;
+const FROM_OLDEST_UNREAD: u8 = 2;
+
+/// The protocol version that introduced `Subscribe.from` = oldest unread.
+pub const OLDEST_UNREAD_VERSION: u16 = 2;
 
 pub(crate) fn opcode(request: &Request) -> u8 {
     match request {
@@ -101,9 +110,16 @@ pub(crate) fn write(w: &mut Writer<'_>, request: &Request) -> WriteResult {
             w.token(token);
             w.message_ids("ids", ids)?;
         }
-        Request::Subscribe { token, after } => {
+        Request::Subscribe { token, from } => {
             w.token(token);
-            w.opt_u64(after.map(|after| after.0));
+            match from {
+                SubscribeFrom::Now => w.u8(FROM_NOW),
+                SubscribeFrom::After(after) => {
+                    w.u8(FROM_AFTER);
+                    w.u64(after.0);
+                }
+                SubscribeFrom::OldestUnread => w.u8(FROM_OLDEST_UNREAD),
+            }
         }
     }
     Ok(())
@@ -162,11 +178,40 @@ pub(crate) fn read(opcode: u8, r: &mut Reader<'_>) -> ReadResult<Request> {
         },
         opcode::SUBSCRIBE => Request::Subscribe {
             token: r.token("token")?,
-            after: r.opt("after", |r| r.message_id("after"))?,
+            from: subscribe_from(r)?,
         },
         unknown => return Err(FieldError::UnknownOpcode(unknown)),
     };
     Ok(request)
+}
+
+fn subscribe_from(r: &mut Reader<'_>) -> ReadResult<SubscribeFrom> {
+    match r.u8("from")? {
+        FROM_NOW => Ok(SubscribeFrom::Now),
+        FROM_AFTER => Ok(SubscribeFrom::After(r.message_id("after")?)),
+        FROM_OLDEST_UNREAD => Ok(SubscribeFrom::OldestUnread),
+        value => Err(FieldError::BadEnum {
+            field: "from",
+            value: value.into(),
+        }),
+    }
+}
+
+/// Refuses what `version` does not have: a Subscribe from the oldest unread message
+/// before version 2.
+pub(crate) fn check_version(request: &Request, version: u16) -> ReadResult<()> {
+    match request {
+        Request::Subscribe {
+            from: SubscribeFrom::OldestUnread,
+            ..
+        } if version < OLDEST_UNREAD_VERSION => Err(FieldError::NeedsVersion {
+            field: "from",
+            value: FROM_OLDEST_UNREAD.into(),
+            needed: OLDEST_UNREAD_VERSION,
+            version,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn pattern_syntax(r: &mut Reader<'_>) -> ReadResult<PatternSyntax> {

@@ -118,6 +118,21 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             frame(0xff, 26, b"\x00\x01\x00"),
             "`detail` needs 8 byte(s)",
         ),
+        (
+            "request with id 0",
+            frame(0x01, 0, b""),
+            "request id 0 is reserved",
+        ),
+        (
+            "response with id 0",
+            frame(0x81, 0, b""),
+            "request id 0 is reserved",
+        ),
+        (
+            "subscribe start 3",
+            frame(0x0c, 27, &with_token(b"\x03")),
+            "`from` holds 3",
+        ),
     ]
 }
 

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use corvid_core::{
     AccountRow, AccountsPage, ApiError, EndReason, ErrorCode, Event, HistoryPage, Message,
-    MessageId, PatternSyntax, ReceiptStatus, Request, Response, Token,
+    MessageId, PatternSyntax, ReceiptStatus, Request, Response, SubscribeFrom, Token,
 };
 use corvid_wire::{decode, encode, fuzzing, Frame};
 use proptest::collection::vec;
@@ -114,8 +114,15 @@ fn request() -> impl Strategy<Value = Request> {
                 limit,
             }),
         (token(), ids()).prop_map(|(token, ids)| Request::DeleteMessages { token, ids }),
-        (token(), proptest::option::of(message_id()))
-            .prop_map(|(token, after)| Request::Subscribe { token, after }),
+        (
+            token(),
+            prop_oneof![
+                Just(SubscribeFrom::Now),
+                message_id().prop_map(SubscribeFrom::After),
+                Just(SubscribeFrom::OldestUnread),
+            ]
+        )
+            .prop_map(|(token, from)| Request::Subscribe { token, from }),
     ]
 }
 
@@ -182,8 +189,8 @@ fn api_error() -> impl Strategy<Value = ApiError> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u32>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
-        (any::<u32>(), response()).prop_map(|(id, response)| Frame::Response { id, response }),
+        (1..=u32::MAX, request()).prop_map(|(id, request)| Frame::Request { id, request }),
+        (1..=u32::MAX, response()).prop_map(|(id, response)| Frame::Response { id, response }),
         (any::<u32>(), api_error()).prop_map(|(id, error)| Frame::Error { id, error }),
         event().prop_map(Frame::Event),
     ]

@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use bytes::BytesMut;
 use corvid_core::{
     ApiError, ErrorCode, Event, Message, MessageId, ReceiptStatus, Request, Response,
+    SubscribeFrom, Token,
 };
 use corvid_wire::fuzzing::{sample_message, sample_token, samples};
 use corvid_wire::{
-    decode, encode, opcode, ClientHello, Frame, HelloError, HelloStatus, ServerHello,
-    DEFAULT_MAX_FRAME, MAGIC, VERSION,
+    decode, decode_version, encode, opcode, ClientHello, DecodeError, Frame, HelloError,
+    HelloStatus, ServerHello, DEFAULT_MAX_FRAME, MAGIC, VERSION,
 };
 
 fn encoded(frame: &Frame) -> BytesMut {
@@ -185,7 +186,7 @@ fn every_receipt_status_and_end_reason_round_trips() {
 #[test]
 fn hellos_round_trip_and_refuse_a_foreign_peer() {
     let client = ClientHello::CURRENT;
-    assert_eq!(client.encode(), *b"CRVD\x00\x01\x00\x00");
+    assert_eq!(client.encode(), *b"CRVD\x00\x02\x00\x00");
     assert_eq!(ClientHello::decode(client.encode()), Ok(client));
     let future = ClientHello {
         version: 9,
@@ -201,12 +202,12 @@ fn hellos_round_trip_and_refuse_a_foreign_peer() {
             status: HelloStatus::Ok
         }
     );
-    assert_eq!(ok.encode(), *b"CRVD\x00\x01\x00\x00");
+    assert_eq!(ok.encode(), *b"CRVD\x00\x02\x00\x00");
     assert_eq!(ServerHello::decode(ok.encode()), Ok(ok));
 
     let refused = ServerHello::answer(&future);
     assert_eq!(refused.status, HelloStatus::UnsupportedVersion);
-    assert_eq!(refused.encode(), *b"CRVD\x00\x01\x00\x01");
+    assert_eq!(refused.encode(), *b"CRVD\x00\x02\x00\x01");
     assert_eq!(ServerHello::decode(refused.encode()), Ok(refused));
 
     assert_eq!(
@@ -216,6 +217,57 @@ fn hellos_round_trip_and_refuse_a_foreign_peer() {
     assert_eq!(
         ServerHello::decode(*b"CRVD\x00\x01\x00\x07"),
         Err(HelloError::UnknownStatus(7))
+    );
+}
+
+#[test]
+fn a_version_1_client_is_still_served_in_version_1() {
+    let old = ClientHello {
+        version: 1,
+        flags: 0,
+    };
+    assert_eq!(
+        ServerHello::answer(&old),
+        ServerHello {
+            version: 1,
+            status: HelloStatus::Ok
+        }
+    );
+    assert_eq!(ServerHello::answer(&old).encode(), *b"CRVD\x00\x01\x00\x00");
+    let too_old = ClientHello {
+        version: 0,
+        flags: 0,
+    };
+    assert_eq!(
+        ServerHello::answer(&too_old).status,
+        HelloStatus::UnsupportedVersion
+    );
+}
+
+#[test]
+fn version_1_subscribe_bytes_keep_their_meaning_and_oldest_unread_needs_version_2() {
+    let token = Token([7; 16]);
+    let subscribe = |from| Frame::Request {
+        id: 5,
+        request: Request::Subscribe { token, from },
+    };
+    for from in [SubscribeFrom::Now, SubscribeFrom::After(MessageId(9))] {
+        let mut buf = encoded(&subscribe(from));
+        assert_eq!(
+            decode_version(&mut buf, DEFAULT_MAX_FRAME, 1),
+            Ok(Some(subscribe(from)))
+        );
+    }
+    let mut buf = encoded(&subscribe(SubscribeFrom::OldestUnread));
+    let mut v2 = buf.clone();
+    match decode_version(&mut buf, DEFAULT_MAX_FRAME, 1) {
+        Err(DecodeError::Malformed(malformed)) => assert_eq!(malformed.request_id, 5),
+        other => panic!("a version-1 connection cannot subscribe from unread: {other:?}"),
+    }
+    assert!(buf.is_empty(), "the frame was consumed");
+    assert_eq!(
+        decode_version(&mut v2, DEFAULT_MAX_FRAME, 2),
+        Ok(Some(subscribe(SubscribeFrom::OldestUnread)))
     );
 }
 
@@ -272,11 +324,40 @@ fn golden() -> Vec<(&'static str, Frame, &'static str)> {
             "subscribe",
             Frame::Request {
                 id: 2,
-                request: Request::Subscribe { token, after: None },
+                request: Request::Subscribe {
+                    token,
+                    from: SubscribeFrom::Now,
+                },
             },
             "00 00 00 16 0c 00 00 00 02 \
              00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f \
              00",
+        ),
+        (
+            "subscribe_after",
+            Frame::Request {
+                id: 2,
+                request: Request::Subscribe {
+                    token,
+                    from: SubscribeFrom::After(MessageId(41)),
+                },
+            },
+            "00 00 00 1e 0c 00 00 00 02 \
+             00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f \
+             01 00 00 00 00 00 00 00 29",
+        ),
+        (
+            "subscribe_oldest_unread",
+            Frame::Request {
+                id: 2,
+                request: Request::Subscribe {
+                    token,
+                    from: SubscribeFrom::OldestUnread,
+                },
+            },
+            "00 00 00 16 0c 00 00 00 02 \
+             00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f \
+             02",
         ),
         (
             "subscribed",

@@ -153,7 +153,8 @@ pub enum Command {
     ///
     /// Resumes after the last message it printed (kept in the session file), so a
     /// restarted `listen` shows nothing twice and misses nothing. The first `listen` after
-    /// a login starts with new messages; `corvid read` shows the unread backlog.
+    /// a login starts with every unread message, oldest first. Printed messages stay
+    /// unread: `corvid read` marks them read.
     Listen,
 }
 

@@ -413,16 +413,10 @@ async fn listen(
     mut session: Session,
     token: Token,
 ) -> Result<(), CliError> {
-    let Subscription {
-        last_id,
-        mut events,
-    } = client.subscribe(token, session.last_seen()).await?;
-    if session.last_seen.is_none() {
-        // The first listen starts with what arrives from now on (`read` shows the
-        // backlog); later ones resume after the last message printed.
-        session.last_seen = Some(last_id.0);
-        save_last_seen(ctx, &session, token)?;
-    }
+    // The first listen starts from the oldest unread message, so that nothing that
+    // arrived since the login (or before it) is missed; later ones resume after the last
+    // message printed. Printed messages stay unread; `corvid read` marks them read.
+    let Subscription { mut events, .. } = client.subscribe(token, session.last_seen()).await?;
     ctx.remark(format!(
         "listening as {}; press Ctrl-C to stop",
         session.username

@@ -27,8 +27,38 @@ fn wait_online(asker: &User, who: &str) {
 
 over_both_transports!(
     two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats,
+    the_first_listen_shows_the_unread_messages_then_live_ones,
     sigterm_shuts_the_server_down_cleanly,
 );
+
+fn the_first_listen_shows_the_unread_messages_then_live_ones(transport: Transport) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let alice = User::new(dir.path(), "alice", &server, transport);
+    let bob = User::new(dir.path(), "bob", &server, transport);
+    alice.register();
+    bob.register();
+    alice.login();
+    bob.login();
+    // Sent after Bob's login and before his first listen: no saved position yet.
+    alice.ok(&["send", "bob", "before listen 1"]);
+    alice.ok(&["send", "bob", "before listen 2"]);
+    let listener = bob.listen();
+    assert_eq!(listener.next()["text"], "before listen 1");
+    assert_eq!(listener.next()["text"], "before listen 2");
+    wait_online(&alice, "bob");
+    alice.ok(&["send", "bob", "live"]);
+    assert_eq!(listener.next()["text"], "live");
+    listener.stop();
+    // The next listen resumes after the last message printed, though all three are
+    // still unread.
+    alice.ok(&["send", "bob", "later"]);
+    let listener = bob.listen();
+    assert_eq!(listener.next()["text"], "later");
+    listener.stop();
+    let unread = json(&bob.ok(&["--json", "read"]));
+    assert_eq!(unread["messages"].as_array().map(Vec::len), Some(4));
+}
 
 fn two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats(
     transport: Transport,

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use corvid_core::Request;
-use corvid_wire::{ClientHello, Frame, ServerHello, HELLO_LEN};
+use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, HELLO_LEN, VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -26,6 +26,12 @@ pub struct FakeConnection {
 
 impl FakeServer {
     pub async fn start() -> FakeServer {
+        FakeServer::start_speaking(VERSION).await
+    }
+
+    /// A fake server whose newest protocol version is `newest`: it refuses a newer hello
+    /// as such a server would, and hands only agreed connections to the test.
+    pub async fn start_speaking(newest: u16) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address").to_string();
         let (found, connections) = mpsc::unbounded_channel();
@@ -38,8 +44,17 @@ impl FakeServer {
                 let Ok(hello) = ClientHello::decode(hello) else {
                     continue;
                 };
-                let answer = ServerHello::answer(&hello).encode();
-                if socket.write_all(&answer).await.is_err() {
+                let answer = if (1..=newest).contains(&hello.version) {
+                    ServerHello::answer(&hello)
+                } else {
+                    ServerHello {
+                        version: newest,
+                        status: HelloStatus::UnsupportedVersion,
+                    }
+                };
+                if socket.write_all(&answer.encode()).await.is_err()
+                    || answer.status != HelloStatus::Ok
+                {
                     continue;
                 }
                 let (mut reader, mut writer) = socket.into_split();
