@@ -15,8 +15,8 @@ use crate::tables::{inbox, key, StorageFault, Table, TablesMut};
 use crate::types::{AccountId, EndReason, MessageId, ReceiptStatus, SessionKey, Timestamp};
 use crate::validate;
 
-const NEXT_ACCOUNT: &[u8] = b"next_account";
-const NEXT_MESSAGE: &[u8] = b"next_message";
+pub(crate) const NEXT_ACCOUNT: &[u8] = b"next_account";
+pub(crate) const NEXT_MESSAGE: &[u8] = b"next_message";
 /// A session's last activity is rewritten at most this often (or a tenth of its idle
 /// timeout, if smaller), so that a busy sender does not rewrite its session on every send.
 const TOUCH_GRANULARITY_MS: u64 = 60_000;
@@ -171,7 +171,8 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             idle_timeout_ms: policy.idle_timeout_ms,
             expires_at: now.saturating_add(policy.max_lifetime_ms),
         };
-        self.t.put(Table::Session, &key.0, &encode(&session))?;
+        self.t
+            .put(Table::Session, &key.0, &encode(&key.0, &session))?;
         self.t
             .put(Table::AccountSession, &account_session_key(id, key), &[])?;
         Ok(Outcome::LoggedIn {
@@ -312,8 +313,11 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             sender_sees: true,
             recipient_sees: true,
         };
-        self.t
-            .put(Table::Message, &key::id(id.0), &encode(&record))?;
+        self.t.put(
+            Table::Message,
+            &key::id(id.0),
+            &encode(&key::id(id.0), &record),
+        )?;
         self.t.put(
             Table::Conversation,
             &key::conversation(me.0, recipient_id.0, id.0),
@@ -416,7 +420,8 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
         let granularity = TOUCH_GRANULARITY_MS.min(record.idle_timeout_ms / 10);
         if now.saturating_sub(record.last_active) >= granularity.max(1) {
             record.last_active = now;
-            self.t.put(Table::Session, &key.0, &encode(&record))?;
+            self.t
+                .put(Table::Session, &key.0, &encode(&key.0, &record))?;
         }
         let account = account(self.t, record.account)?.ok_or(ErrorCode::Unauthenticated)?;
         Ok((record.account, account))
@@ -498,8 +503,11 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             return Ok(false);
         }
         record.status = status;
-        self.t
-            .put(Table::Message, &key::id(id.0), &encode(&record))?;
+        self.t.put(
+            Table::Message,
+            &key::id(id.0),
+            &encode(&key::id(id.0), &record),
+        )?;
         self.effects.push(Effect::Receipt {
             to: record.from,
             id,
@@ -538,8 +546,11 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             return Ok(false);
         }
         if record.sender_sees || record.recipient_sees {
-            self.t
-                .put(Table::Message, &key::id(id.0), &encode(&record))?;
+            self.t.put(
+                Table::Message,
+                &key::id(id.0),
+                &encode(&key::id(id.0), &record),
+            )?;
         } else {
             self.t.delete(Table::Message, &key::id(id.0))?;
             self.t.delete(
@@ -601,9 +612,11 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
     }
 
     fn put_account(&mut self, id: AccountId, record: &AccountRecord) -> Result<(), Fail> {
-        Ok(self
-            .t
-            .put(Table::Account, &key::id(id.0), &encode(record))?)
+        Ok(self.t.put(
+            Table::Account,
+            &key::id(id.0),
+            &encode(&key::id(id.0), record),
+        )?)
     }
 
     fn next(&mut self, name: &[u8]) -> Result<u64, Fail> {

@@ -9,6 +9,7 @@
 
 pub mod api;
 mod apply;
+pub mod check;
 pub mod command;
 pub mod error;
 pub mod pattern;

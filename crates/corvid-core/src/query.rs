@@ -51,8 +51,9 @@ pub(crate) fn account<T: Tables + ?Sized>(
     t: &T,
     id: AccountId,
 ) -> Result<Option<AccountRecord>, StorageFault> {
-    t.get(Table::Account, &key::id(id.0))?
-        .map(|v| decode(&v))
+    let key = key::id(id.0);
+    t.get(Table::Account, &key)?
+        .map(|v| decode(&key, &v))
         .transpose()
 }
 
@@ -75,7 +76,7 @@ pub(crate) fn session<T: Tables + ?Sized>(
     session: &SessionKey,
 ) -> Result<Option<SessionRecord>, StorageFault> {
     t.get(Table::Session, &session.0)?
-        .map(|v| decode(&v))
+        .map(|v| decode(&session.0, &v))
         .transpose()
 }
 
@@ -83,8 +84,9 @@ pub(crate) fn message<T: Tables + ?Sized>(
     t: &T,
     id: MessageId,
 ) -> Result<Option<MessageRecord>, StorageFault> {
-    t.get(Table::Message, &key::id(id.0))?
-        .map(|v| decode(&v))
+    let key = key::id(id.0);
+    t.get(Table::Message, &key)?
+        .map(|v| decode(&key, &v))
         .transpose()
 }
 

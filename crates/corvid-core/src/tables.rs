@@ -1,7 +1,9 @@
 //! The catalogue of every table Corvid stores, and the ordered key-value interface the
 //! state machine is written against.
 //!
-//! Each table maps a big-endian binary key to a postcard-encoded value (see `records`).
+//! Each table maps a big-endian binary key to a postcard-encoded value (see `records`);
+//! the records of `account`, `session` and `message` carry a checksum, verified on every
+//! read.
 //! Keys are built so that every hot read is one range scan over exactly the rows it returns.
 //!
 //! | table              | key                                   | value            |

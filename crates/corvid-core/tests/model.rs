@@ -454,6 +454,12 @@ proptest! {
         }
         check_views(&tables, &model);
 
+        // Every state the commands reach passes `corvid check`'s checks of the state.
+        let mut problems = Vec::new();
+        let summary = corvid_core::check::check_state(&tables, &mut |p| problems.push(p)).unwrap();
+        prop_assert!(problems.is_empty(), "{:?}", problems);
+        prop_assert_eq!(summary.unchecked_records, 0);
+
         // A snapshot restored elsewhere is the same state and goes on the same way.
         let mut restored = copy(&tables);
         prop_assert_eq!(&restored, &tables);

@@ -74,6 +74,7 @@
 //! all: appending one entry to redb rewrote about eleven scattered pages before its fsync,
 //! where the write-ahead log appends one record (see [`log`]).
 
+pub mod check;
 pub mod error;
 pub mod identity;
 pub mod log;

@@ -102,7 +102,7 @@ impl raft_log::Types for Wal {
 
 /// A value in a log record: its postcard encoding, after its length (see [`write_value`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Stored<T>(T);
+pub(crate) struct Stored<T>(pub(crate) T);
 
 impl<T: Serialize> Encode for Stored<T> {
     fn encode<W: Write>(&self, w: W) -> Result<usize, io::Error> {

@@ -13,6 +13,8 @@ Exit status:
      such as not being logged in or an unreadable session file
   2  usage error: bad arguments
   3  no server could be reached, or the connection failed
+`corvid check`: 0 the data directory is sound, 1 problems were found (one line
+each on stdout), 2 it could not be checked.
 
 Errors print one line to stderr: `error: <message> (<code name>)`.";
 
@@ -82,6 +84,13 @@ impl From<TransportArg> for Transport {
 pub enum Command {
     /// Run a Corvid server
     Serve(corvid_server::ServeArgs),
+    /// Verify a stopped server's data directory: exit 0 if sound, 1 if problems were found
+    /// (one line each), 2 if it could not be checked (e.g. a running server holds it)
+    Check {
+        /// The data directory, as given to `corvid serve --data`
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
     /// Create an account (asks for its password twice)
     Register {
         /// Username: 1-32 characters of A-Z a-z 0-9 _ . -

@@ -136,7 +136,9 @@ pub async fn run(global: GlobalArgs, command: Command) -> Result<(), CliError> {
         session_path,
     };
     match command {
-        Command::Serve(_) => Err(CliError::usage("serve is not a client command")),
+        Command::Serve(_) | Command::Check { .. } => {
+            Err(CliError::usage("serve and check are not client commands"))
+        }
         Command::Register { name, display_name } => {
             register(&ctx, &name, display_name.as_deref()).await
         }
@@ -192,9 +194,10 @@ async fn with_session(
             delete_account(ctx, client, &session, token, &password, force).await
         }
         Command::Listen => listen(ctx, client, session, token).await,
-        Command::Serve(_) | Command::Register { .. } | Command::Login { .. } => {
-            Err(CliError::usage("this command does not use a session"))
-        }
+        Command::Serve(_)
+        | Command::Check { .. }
+        | Command::Register { .. }
+        | Command::Login { .. } => Err(CliError::usage("this command does not use a session")),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `corvid` binary: `corvid serve` runs a server, every other subcommand is a client.
 
+mod check;
 mod cli;
 mod commands;
 mod error;
@@ -20,6 +21,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    // `check` runs without a runtime and has exit statuses of its own.
+    if let Command::Check { data } = &cli.command {
+        return check::run(data);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
