@@ -91,6 +91,7 @@ struct Deadlines {
     login: Duration,
     write: Duration,
     idle: Duration,
+    shutdown_grace: Duration,
 }
 
 impl Deadlines {
@@ -100,6 +101,7 @@ impl Deadlines {
             login: Duration::from_secs(limits.login_timeout_secs),
             write: Duration::from_secs(limits.write_timeout_secs),
             idle: Duration::from_secs(limits.grpc_idle_timeout_secs),
+            shutdown_grace: Duration::from_secs(limits.shutdown_grace_secs),
         }
     }
 }
@@ -151,10 +153,9 @@ impl Admission {
         &self.limits
     }
 
-    /// How long a shutdown waits for connections to finish by themselves: as long as a
-    /// client may take to read what it is sent.
+    /// How long a shutdown waits for connections to finish by themselves.
     pub fn shutdown_grace(&self) -> Duration {
-        self.deadlines.write
+        self.deadlines.shutdown_grace
     }
 
     /// Connections open now, over every listener.
@@ -348,7 +349,9 @@ struct AcceptErrors {
 }
 
 impl AcceptErrors {
-    fn note(&mut self, protocol: &str, err: &io::Error) {
+    /// Counts a failed accept, and logs it if the last log line is old enough. Returns
+    /// whether it logged.
+    fn note(&mut self, protocol: &str, err: &io::Error) -> bool {
         self.unlogged += 1;
         let due = self
             .last_logged
@@ -358,6 +361,7 @@ impl AcceptErrors {
             self.last_logged = Some(Instant::now());
             self.unlogged = 0;
         }
+        due
     }
 }
 
@@ -704,5 +708,19 @@ impl AsyncWrite for ConnectionIo {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_file_descriptors_logs_a_line_now_and_then_not_one_per_failure() {
+        let mut errors = AcceptErrors::default();
+        let emfile = io::Error::from_raw_os_error(24);
+        let logged = (0..3_000).filter(|_| errors.note("wire", &emfile)).count();
+        assert_eq!(logged, 1);
+        assert_eq!(errors.unlogged, 2_999);
     }
 }

@@ -81,9 +81,11 @@ pub struct Limits {
     /// valid session token); else it is closed.
     pub login_timeout_secs: u64,
     /// Seconds a client may leave unread what the server has to send it before it is
-    /// disconnected; also how long a shutdown waits for connections to take their last
-    /// answers before it closes them.
+    /// disconnected.
     pub write_timeout_secs: u64,
+    /// Seconds a shutdown (SIGTERM) waits for open connections to take their last answers
+    /// before it closes them.
+    pub shutdown_grace_secs: u64,
     /// Seconds a gRPC (HTTP/2) connection may stay open with no call in progress.
     pub grpc_idle_timeout_secs: u64,
     /// Bytes of pushed events queued for one subscriber; a subscriber that falls further
@@ -170,6 +172,7 @@ impl Default for Limits {
             frame_timeout_secs: 30,
             login_timeout_secs: 60,
             write_timeout_secs: 30,
+            shutdown_grace_secs: 5,
             grpc_idle_timeout_secs: 300,
             subscriber_queue_bytes: 1 << 20,
             max_subscriptions_per_account: 16,
@@ -264,13 +267,14 @@ impl Config {
             l.frame_timeout_secs,
             l.login_timeout_secs,
             l.write_timeout_secs,
+            l.shutdown_grace_secs,
             l.grpc_idle_timeout_secs,
         ];
         if deadlines
             .iter()
             .any(|&secs| secs == 0 || secs > MAX_DEADLINE_SECS)
         {
-            return fail("limits.*_timeout_secs must be 1..=86400");
+            return fail("limits.*_timeout_secs and shutdown_grace_secs must be 1..=86400");
         }
         if l.subscriber_queue_bytes < MIN_SUBSCRIBER_QUEUE_BYTES {
             return fail("limits.subscriber_queue_bytes must be at least 4096");
@@ -440,6 +444,7 @@ mod tests {
             |l: &mut Limits| l.frame_timeout_secs = 0,
             |l: &mut Limits| l.login_timeout_secs = u64::MAX,
             |l: &mut Limits| l.write_timeout_secs = 0,
+            |l: &mut Limits| l.shutdown_grace_secs = 0,
             |l: &mut Limits| l.grpc_idle_timeout_secs = 0,
             |l: &mut Limits| l.subscriber_queue_bytes = 10,
             |l: &mut Limits| l.max_subscriptions_per_account = 0,

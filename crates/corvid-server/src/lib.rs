@@ -113,7 +113,7 @@ impl RunningServer {
     }
 
     /// Stops accepting, closes every connection, and shuts the node down cleanly. Open
-    /// connections get the write deadline to take their last answers; then whatever is
+    /// connections get `shutdown_grace_secs` to take their last answers; then whatever is
     /// still open is closed, so this returns in bounded time whatever clients do.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();

@@ -514,6 +514,7 @@ async fn stalled_subscribe_streams_are_capped_ended_and_do_not_hold_up_shutdown(
         config.limits.max_subscriptions_per_connection = 3;
         config.limits.subscriber_queue_bytes = 64 * 1024;
         config.limits.write_timeout_secs = 1;
+        config.limits.shutdown_grace_secs = 1;
     })
     .await;
     let mut chat = connect(&server).await;

@@ -745,6 +745,7 @@ async fn a_subscriber_that_never_reads_is_dropped_and_does_not_hold_up_shutdown(
     let server = start(dir.path(), |c| {
         c.limits.max_text_bytes = 64 * 1024;
         c.limits.write_timeout_secs = 1;
+        c.limits.shutdown_grace_secs = 1;
         c.limits.subscriber_queue_bytes = 256 * 1024;
     })
     .await;
