@@ -40,6 +40,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use corvid_core::Response;
+
 use crate::config::Limits;
 
 /// Refused connections that may be told why at once; more are closed without a word.
@@ -339,6 +341,12 @@ impl Admission {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+/// Whether a successful answer shows that the client holds a session, which lifts the
+/// login deadline: every answer but those of the requests that need none.
+pub fn proves_session(response: &Response) -> bool {
+    !matches!(response, Response::Pong | Response::AccountCreated { .. })
 }
 
 /// Counts failed accepts between two log lines.

@@ -30,10 +30,11 @@ use corvid_grpc::pb;
 use corvid_grpc::pb::chat_server::{Chat, ChatServer};
 use corvid_grpc::status::to_status;
 
-use crate::admission::{Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol};
+use crate::admission::{
+    proves_session, Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol,
+};
 use crate::config::Limits;
 use crate::service::Service;
-use crate::tcp::proves_session;
 
 /// Connections accepted but not yet taken up by the HTTP/2 server.
 const ACCEPT_QUEUE: usize = 64;

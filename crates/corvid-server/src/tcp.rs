@@ -30,7 +30,8 @@ use corvid_wire::{
 };
 
 use crate::admission::{
-    Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol, Transport,
+    proves_session, Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol,
+    Transport,
 };
 use crate::config::Limits;
 use crate::service::{Service, Subscription};
@@ -368,12 +369,6 @@ fn serve_request(service: &Arc<Service>, id: u32, request: Request) -> PendingRe
             },
         }
     })
-}
-
-/// Whether a successful answer shows that the client holds a session: every answer but
-/// those of the requests that need none.
-pub(crate) fn proves_session(response: &Response) -> bool {
-    !matches!(response, Response::Pong | Response::AccountCreated { .. })
 }
 
 fn error_frame(id: u32, error: ApiError) -> Reply {
