@@ -212,10 +212,12 @@ async fn launch(
 ) -> anyhow::Result<(Child, String, String)> {
     let data = dir.join("data");
     let config_path = dir.join("corvid.toml");
-    // Load comes from few connections at high rates: lift the per-connection limits.
+    // Load comes from few connections at high rates: lift the per-connection limits. The
+    // `connections` workload shares a few accounts between many subscribed connections.
     let config = format!(
         "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\n\n[limits]\nmax_connections = {}\n\
-         requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\n\
+         requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\
+         max_subscriptions_per_account = 1000000\n\n\
          [log]\nlevel = \"warn\"\n",
         options.max_connections
     );

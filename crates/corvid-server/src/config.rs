@@ -37,6 +37,11 @@ pub struct Config {
     pub tls: Tls,
 }
 
+/// The longest connection deadline a configuration may set (a day).
+pub const MAX_DEADLINE_SECS: u64 = 24 * 3600;
+/// The smallest subscriber queue a configuration may set.
+pub const MIN_SUBSCRIBER_QUEUE_BYTES: usize = 4096;
+
 /// The most runtime threads a configuration may ask for.
 pub const MAX_WORKER_THREADS: usize = 1024;
 
@@ -66,8 +71,30 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Largest message text, in bytes (at most 1 MiB).
     pub max_text_bytes: usize,
-    /// Seconds a client has to complete the version handshake.
+    /// Seconds a new connection has to complete its handshakes (TLS, then the binary
+    /// protocol's hello or the HTTP/2 preface); else it is closed.
     pub handshake_timeout_secs: u64,
+    /// Seconds a binary-protocol frame may take to arrive once its first byte has; a client
+    /// that sends part of a frame and stops is disconnected.
+    pub frame_timeout_secs: u64,
+    /// Seconds a connection has to log in (a successful `Login`, or any request with a
+    /// valid session token); else it is closed.
+    pub login_timeout_secs: u64,
+    /// Seconds a client may leave unread what the server has to send it before it is
+    /// disconnected.
+    pub write_timeout_secs: u64,
+    /// Seconds a shutdown (SIGTERM) waits for open connections to take their last answers
+    /// before it closes them.
+    pub shutdown_grace_secs: u64,
+    /// Seconds a gRPC (HTTP/2) connection may stay open with no call in progress.
+    pub grpc_idle_timeout_secs: u64,
+    /// Bytes of pushed events queued for one subscriber; a subscriber that falls further
+    /// behind is dropped and resubscribes from its last message id.
+    pub subscriber_queue_bytes: usize,
+    /// Live subscriptions one account may hold on this server.
+    pub max_subscriptions_per_account: usize,
+    /// Live `Subscribe` streams one gRPC connection may hold.
+    pub max_subscriptions_per_connection: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +169,14 @@ impl Default for Limits {
             max_in_flight: 64,
             max_text_bytes: corvid_core::validate::DEFAULT_MAX_TEXT,
             handshake_timeout_secs: 10,
+            frame_timeout_secs: 30,
+            login_timeout_secs: 60,
+            write_timeout_secs: 30,
+            shutdown_grace_secs: 5,
+            grpc_idle_timeout_secs: 300,
+            subscriber_queue_bytes: 1 << 20,
+            max_subscriptions_per_account: 16,
+            max_subscriptions_per_connection: 8,
         }
     }
 }
@@ -226,6 +261,26 @@ impl Config {
         }
         if l.requests_per_second == 0 || l.request_burst == 0 {
             return fail("limits.requests_per_second and limits.request_burst must be positive");
+        }
+        let deadlines = [
+            l.handshake_timeout_secs,
+            l.frame_timeout_secs,
+            l.login_timeout_secs,
+            l.write_timeout_secs,
+            l.shutdown_grace_secs,
+            l.grpc_idle_timeout_secs,
+        ];
+        if deadlines
+            .iter()
+            .any(|&secs| secs == 0 || secs > MAX_DEADLINE_SECS)
+        {
+            return fail("limits.*_timeout_secs and shutdown_grace_secs must be 1..=86400");
+        }
+        if l.subscriber_queue_bytes < MIN_SUBSCRIBER_QUEUE_BYTES {
+            return fail("limits.subscriber_queue_bytes must be at least 4096");
+        }
+        if l.max_subscriptions_per_account == 0 || l.max_subscriptions_per_connection == 0 {
+            return fail("limits.max_subscriptions_per_* must be positive");
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.max_lifetime_secs == 0 {
             return fail("session timeouts must be positive");
@@ -384,5 +439,20 @@ mod tests {
         let mut config = Config::default();
         config.limits.max_frame_bytes = 100;
         assert!(config.validate().is_err());
+        for tune in [
+            |l: &mut Limits| l.handshake_timeout_secs = 0,
+            |l: &mut Limits| l.frame_timeout_secs = 0,
+            |l: &mut Limits| l.login_timeout_secs = u64::MAX,
+            |l: &mut Limits| l.write_timeout_secs = 0,
+            |l: &mut Limits| l.shutdown_grace_secs = 0,
+            |l: &mut Limits| l.grpc_idle_timeout_secs = 0,
+            |l: &mut Limits| l.subscriber_queue_bytes = 10,
+            |l: &mut Limits| l.max_subscriptions_per_account = 0,
+            |l: &mut Limits| l.max_subscriptions_per_connection = 0,
+        ] {
+            let mut config = Config::default();
+            tune(&mut config.limits);
+            assert!(config.validate().is_err(), "{:?}", config.limits);
+        }
     }
 }

@@ -4,9 +4,9 @@
 //! Each RPC converts its protobuf request into a core `Request`, calls the same
 //! [`Service`] as the binary protocol, and converts the answer back; `Subscribe` streams
 //! the events of a [`Service::subscribe`] subscription. Errors become statuses in one
-//! place, `corvid_grpc::status::to_status`. Connections are accepted here rather than by
-//! tonic so that each gets the limits of the binary protocol: a connection slot and its
-//! own request-rate limiter, which every RPC checks first.
+//! place, `corvid_grpc::status::to_status`. Connections come through the server's front
+//! door (`admission`) rather than tonic's own listener, so that each gets the binary
+//! protocol's slot, deadlines and request-rate limiter, which every RPC checks first.
 
 use std::io;
 use std::pin::Pin;
@@ -15,11 +15,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use governor::{DefaultDirectRateLimiter, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
@@ -31,32 +30,30 @@ use corvid_grpc::pb;
 use corvid_grpc::pb::chat_server::{Chat, ChatServer};
 use corvid_grpc::status::to_status;
 
+use crate::admission::{
+    proves_session, Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol,
+};
 use crate::config::Limits;
 use crate::service::Service;
 
 /// Connections accepted but not yet taken up by the HTTP/2 server.
 const ACCEPT_QUEUE: usize = 64;
+/// The client connection preface of HTTP/2 (RFC 9113, section 3.4), which the handshake
+/// deadline covers.
+const HTTP2_PREFACE_LEN: usize = 24;
 
 /// What every request of one connection knows about it (tonic puts it in the request's
 /// extensions).
 #[derive(Clone)]
 pub struct ConnectionInfo {
-    /// False when the server had no room for this connection: every request is refused.
-    admitted: bool,
     limiter: Arc<DefaultDirectRateLimiter>,
+    state: Arc<ConnectionState>,
 }
 
-/// A connection's byte stream: plain TCP, or TLS over it.
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// An accepted connection, holding its connection slot for as long as it is open.
+/// An admitted connection as tonic gets it: its stream keeps its deadlines and slot.
 pub struct GrpcConnection {
-    stream: Transport,
+    io: ConnectionIo,
     info: ConnectionInfo,
-    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Connected for GrpcConnection {
@@ -67,29 +64,13 @@ impl Connected for GrpcConnection {
     }
 }
 
-/// Runs `$body` with `$io` bound to the pinned stream, whichever transport it is.
-macro_rules! with_stream {
-    ($connection:expr, $io:ident => $body:expr) => {
-        match &mut $connection.stream {
-            Transport::Plain(stream) => {
-                let $io = Pin::new(stream);
-                $body
-            }
-            Transport::Tls(stream) => {
-                let $io = Pin::new(stream.as_mut());
-                $body
-            }
-        }
-    };
-}
-
 impl AsyncRead for GrpcConnection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        with_stream!(self, io => io.poll_read(cx, buf))
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -99,15 +80,15 @@ impl AsyncWrite for GrpcConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        with_stream!(self, io => io.poll_write(cx, buf))
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        with_stream!(self, io => io.poll_flush(cx))
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        with_stream!(self, io => io.poll_shutdown(cx))
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -115,34 +96,58 @@ impl AsyncWrite for GrpcConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        with_stream!(self, io => io.poll_write_vectored(cx, bufs))
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.stream {
-            Transport::Plain(stream) => stream.is_write_vectored(),
-            Transport::Tls(stream) => stream.is_write_vectored(),
-        }
+        self.io.is_write_vectored()
     }
 }
 
-/// Serves gRPC on `listener` (inside TLS with `tls`, whose ALPN must offer `h2`) until
-/// `shutdown` is cancelled; then live `Subscribe` streams end and the server stops once
-/// the open calls are answered.
+/// Hands the connections the front door admits to the HTTP/2 server.
+struct Handoff {
+    accepted: mpsc::Sender<io::Result<GrpcConnection>>,
+}
+
+impl Frontend for Handoff {
+    const PROTOCOL: Protocol = Protocol {
+        name: "grpc",
+        handshake_bytes: HTTP2_PREFACE_LEN,
+        closes_when_idle: true,
+    };
+
+    async fn serve(self: Arc<Self>, connection: Connection) {
+        let connection = GrpcConnection {
+            io: connection.io,
+            info: ConnectionInfo {
+                limiter: connection.limiter,
+                state: connection.state,
+            },
+        };
+        // The server stopped taking connections: this one closes as it is dropped.
+        let _ = self.accepted.send(Ok(connection)).await;
+    }
+}
+
+/// Serves gRPC on `listener` (inside TLS with `tls`, whose ALPN must offer `h2`) through the
+/// server's front door until `shutdown` is cancelled; then live `Subscribe` streams end and
+/// the server stops once the open calls are answered.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     service: Arc<Service>,
-    limits: Limits,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
 ) {
+    let limits = admission.limits().clone();
     let (accepted, mut incoming) = mpsc::channel::<io::Result<GrpcConnection>>(ACCEPT_QUEUE);
-    let accepting = accept(listener, tls, limits.clone(), accepted, shutdown.clone());
+    let accepting = admission.serve(listener, tls, Arc::new(Handoff { accepted }));
     let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx));
 
     let chat = ChatServer::new(GrpcFrontend {
         service,
         shutdown: shutdown.clone(),
+        limits: limits.clone(),
     })
     .max_decoding_message_size(limits.max_frame_bytes);
     let mut router = tonic::transport::Server::builder()
@@ -168,72 +173,11 @@ pub async fn serve(
     }
 }
 
-/// Accepts connections and hands them to the HTTP/2 server, each with its slot and rate
-/// limiter, until `shutdown`. TLS handshakes run in their own tasks, so a slow client
-/// does not hold up the others.
-async fn accept(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    limits: Limits,
-    accepted: mpsc::Sender<io::Result<GrpcConnection>>,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let handshake_timeout = Duration::from_secs(limits.handshake_timeout_secs);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Running out of file descriptors must not end the server: wait and retry.
-                    tracing::warn!(%err, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let permit = slots.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            tracing::debug!(%peer, "no room for another gRPC connection");
-        }
-        let info = ConnectionInfo {
-            admitted: permit.is_some(),
-            limiter: Arc::new(RateLimiter::direct(limits.rate_quota())),
-        };
-        let Some(tls) = tls.clone() else {
-            let connection = GrpcConnection {
-                stream: Transport::Plain(stream),
-                info,
-                _permit: permit,
-            };
-            if accepted.send(Ok(connection)).await.is_err() {
-                return;
-            }
-            continue;
-        };
-        let accepted = accepted.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let connection = GrpcConnection {
-                stream: Transport::Tls(Box::new(stream)),
-                info,
-                _permit: permit,
-            };
-            let _ = accepted.send(Ok(connection)).await;
-        });
-    }
-}
-
 /// The `Chat` service over the service core.
 struct GrpcFrontend {
     service: Arc<Service>,
     shutdown: CancellationToken,
+    limits: Limits,
 }
 
 fn status(error: ApiError) -> Status {
@@ -241,14 +185,11 @@ fn status(error: ApiError) -> Status {
 }
 
 impl GrpcFrontend {
-    /// Refuses a request of a connection that has no slot or is over its rate.
+    /// Refuses a request of a connection that is over its rate.
     fn admit<T>(&self, request: &GrpcRequest<T>) -> Result<(), Status> {
         let Some(info) = request.extensions().get::<ConnectionInfo>() else {
             return Ok(());
         };
-        if !info.admitted {
-            return Err(status(ErrorCode::TooManyConnections.into()));
-        }
         if info.limiter.check().is_err() {
             return Err(status(ErrorCode::RateLimited.into()));
         }
@@ -261,11 +202,19 @@ impl GrpcFrontend {
         request: GrpcRequest<Q>,
     ) -> Result<GrpcResponse<A>, Status> {
         self.admit(&request)?;
+        let state = connection_state(&request);
+        // The connection is not idle while a call is in progress.
+        let _call = state.as_ref().map(|state| state.call_started());
         let request = request
             .into_inner()
             .into_request()
             .map_err(|malformed| status(malformed.into()))?;
         let response = self.service.handle(request).await.map_err(status)?;
+        if let Some(state) = &state {
+            if proves_session(&response) {
+                state.authenticated();
+            }
+        }
         match A::from_response(response) {
             Some(answer) => Ok(GrpcResponse::new(answer)),
             None => {
@@ -274,6 +223,14 @@ impl GrpcFrontend {
             }
         }
     }
+}
+
+/// The state of the connection a request came on, if it came through the front door.
+fn connection_state<T>(request: &GrpcRequest<T>) -> Option<Arc<ConnectionState>> {
+    request
+        .extensions()
+        .get::<ConnectionInfo>()
+        .map(|info| info.state.clone())
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEvent, Status>> + Send>>;
@@ -364,6 +321,19 @@ impl Chat for GrpcFrontend {
         request: GrpcRequest<pb::SubscribeRequest>,
     ) -> Result<GrpcResponse<EventStream>, Status> {
         self.admit(&request)?;
+        let state = connection_state(&request);
+        let place = match &state {
+            Some(state) => {
+                let max = self.limits.max_subscriptions_per_connection;
+                let place = state.add_subscription(max).ok_or_else(|| {
+                    let message = format!("this connection already has {max} live subscriptions");
+                    status(ApiError::new(ErrorCode::TooManySubscriptions, message))
+                })?;
+                Some(place)
+            }
+            None => None,
+        };
+        let call = state.as_ref().map(|state| state.call_started());
         let request = request
             .into_inner()
             .into_request()
@@ -372,24 +342,50 @@ impl Chat for GrpcFrontend {
             return Err(status(ErrorCode::Internal.into()));
         };
         let subscription = self.service.subscribe(token, from).await.map_err(status)?;
+        if let Some(state) = &state {
+            state.authenticated();
+        }
         let first = StreamItem::Subscribed {
             last_id: subscription.last_id(),
         };
+        // A subscription the hub drops for falling behind ends its stream, and the client
+        // resumes with `after`; but a stream is only polled while the client lets the
+        // server send on it (its HTTP/2 window is open). If it has not ended within the
+        // write deadline, the client is not reading it, and the connection is closed.
+        let stream_ended = CancellationToken::new();
+        if let Some(state) = &state {
+            let fell_behind = subscription.fell_behind();
+            let (ended, state) = (stream_ended.clone(), state.clone());
+            let write_timeout = Duration::from_secs(self.limits.write_timeout_secs);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = ended.cancelled() => {}
+                    _ = async { fell_behind.await; tokio::time::sleep(write_timeout).await } => {
+                        tracing::debug!("closing a gRPC connection that does not read its Subscribe stream");
+                        state.close();
+                    }
+                }
+            });
+        }
+        // What the stream holds until it ends: the connection's subscription place, its
+        // call in progress, and the end signal of the watch above.
+        let held = (place, call, stream_ended.drop_guard());
         // The stream ends with the subscription (session ended, or the subscriber fell
         // behind and must resubscribe), when the server shuts down, or when the client
         // goes away and tonic drops it, which ends the subscription.
         let shutdown = self.shutdown.clone();
-        let events = futures::stream::unfold(subscription, move |mut subscription| {
-            let shutdown = shutdown.clone();
-            async move {
-                let event = tokio::select! {
-                    _ = shutdown.cancelled() => None,
-                    event = subscription.next() => event,
-                }?;
-                let item = pb::SubscribeEvent::from(StreamItem::Event(event));
-                Some((Ok(item), subscription))
-            }
-        });
+        let events =
+            futures::stream::unfold((subscription, held), move |(mut subscription, held)| {
+                let shutdown = shutdown.clone();
+                async move {
+                    let event = tokio::select! {
+                        _ = shutdown.cancelled() => None,
+                        event = subscription.next() => event,
+                    }?;
+                    let item = pb::SubscribeEvent::from(StreamItem::Event(event));
+                    Some((Ok(item), (subscription, held)))
+                }
+            });
         let stream = futures::stream::once(std::future::ready(Ok(first.into()))).chain(events);
         Ok(GrpcResponse::new(Box::pin(stream)))
     }

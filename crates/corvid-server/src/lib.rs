@@ -4,6 +4,7 @@
 //! [`start`] assembles a running server from a [`Config`] (tests use it with port 0);
 //! [`run`] is `corvid serve`: flags over the config file, logs, signals.
 
+pub mod admission;
 pub mod config;
 pub mod grpc;
 pub mod hub;
@@ -22,8 +23,9 @@ use corvid_store::{ClientAddrs, Member};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use admission::Admission;
 pub use config::{Config, OptionalAddress};
-use hub::Hub;
+use hub::{Hub, HubLimits};
 use service::{Service, ServiceConfig};
 
 /// Flags of `corvid serve`. Every flag overrides the same setting of the config file.
@@ -85,8 +87,10 @@ pub struct RunningServer {
     wire_addr: SocketAddr,
     grpc_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
-    wire: tokio::task::JoinHandle<()>,
+    /// The listeners' tasks, until they have ended.
+    wire: Option<tokio::task::JoinHandle<()>>,
     grpc: Option<tokio::task::JoinHandle<()>>,
+    admission: Arc<Admission>,
     service: Arc<Service>,
 }
 
@@ -105,12 +109,32 @@ impl RunningServer {
         &self.service
     }
 
-    /// Stops accepting, closes every connection, and shuts the node down cleanly.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Connections open now, over every listener.
+    pub fn open_connections(&self) -> usize {
+        self.admission.open_connections()
+    }
+
+    /// Stops accepting, closes every connection, and shuts the node down cleanly. Open
+    /// connections get `shutdown_grace_secs` to take their last answers; then whatever is
+    /// still open is closed, so this returns in bounded time whatever clients do.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        let _ = self.wire.await;
-        if let Some(grpc) = self.grpc {
-            let _ = grpc.await;
+        let grace = self.admission.shutdown_grace();
+        if tokio::time::timeout(grace, self.connections_closed())
+            .await
+            .is_err()
+        {
+            self.admission.close_all();
+            // A closed connection's stream fails at once; its task ends at its next poll.
+            if tokio::time::timeout(grace, self.connections_closed())
+                .await
+                .is_err()
+            {
+                tracing::error!("connections still open after they were closed; leaving them");
+                for listener in [self.wire.take(), self.grpc.take()].into_iter().flatten() {
+                    listener.abort();
+                }
+            }
         }
         let m = self.service.node().store_metrics();
         tracing::info!(
@@ -129,6 +153,23 @@ impl RunningServer {
         Ok(())
     }
 }
+
+impl RunningServer {
+    /// Waits until both listeners have stopped and every connection has ended.
+    async fn connections_closed(&mut self) {
+        // A task's handle is awaited once: an ended listener is forgotten.
+        if let Some(wire) = &mut self.wire {
+            let _ = wire.await;
+            self.wire = None;
+        }
+        if let Some(grpc) = &mut self.grpc {
+            let _ = grpc.await;
+            self.grpc = None;
+        }
+        self.admission.wait().await;
+    }
+}
+
 
 /// The node id of a single server (a cluster of one).
 const SINGLE_SERVER_ID: u64 = 1;
@@ -162,7 +203,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         None => None,
     };
 
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(Hub::new(HubLimits {
+        queue_bytes: config.limits.subscriber_queue_bytes,
+        subscriptions_per_account: config.limits.max_subscriptions_per_account,
+    }));
     let sink_hub = hub.clone();
     let effects: corvid_store::EffectSink = Arc::new(move |effects| sink_hub.dispatch(effects));
     // A single server has no peers, so no server-to-server address; its record names the
@@ -210,11 +254,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     )?;
 
     let shutdown = CancellationToken::new();
+    // One front door for every listener: one pool of connection slots, one set of deadlines.
+    let admission = Admission::new(&config.limits, shutdown.clone());
     let wire = tokio::spawn(tcp::serve(
         listener,
         wire_tls,
         service.clone(),
-        config.limits.clone(),
+        admission.clone(),
         shutdown.clone(),
     ));
     let grpc = grpc_listener.map(|listener| {
@@ -222,7 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             listener,
             grpc_tls,
             service.clone(),
-            config.limits.clone(),
+            admission.clone(),
             shutdown.clone(),
         ))
     });
@@ -230,8 +276,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         wire_addr,
         grpc_addr,
         shutdown,
-        wire,
+        wire: Some(wire),
         grpc,
+        admission,
         service,
     };
     // The listeners answer already (writes fail as not-leader until now); the server is

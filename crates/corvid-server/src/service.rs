@@ -20,7 +20,7 @@ use corvid_core::{
 };
 use corvid_raft::{Node, NodeError};
 
-use crate::hub::{Hub, Registration};
+use crate::hub::{EventQueue, Hub, Registration};
 use crate::password;
 
 /// How long delivery notes gather before they are proposed as one `MarkDelivered` batch.
@@ -322,7 +322,10 @@ impl Service {
             .await?;
         // Register before reading the inbox, so that a message applied in between is in
         // the backlog, the live queue, or both (then skipped), never in neither.
-        let (registration, events) = self.hub.subscribe(account, session, &username);
+        let (registration, events) = self
+            .hub
+            .subscribe(account, session, &username)
+            .map_err(|full| ApiError::new(ErrorCode::TooManySubscriptions, full.to_string()))?;
         let last_id = self
             .read(move |t| Ok::<_, QueryError>(query::last_inbox_id(t, account)?))
             .await?;
@@ -399,7 +402,7 @@ pub struct Subscription {
     account: AccountId,
     session: SessionKey,
     _registration: Registration,
-    events: mpsc::Receiver<Box<Event>>,
+    events: Arc<EventQueue>,
     backlog: VecDeque<Message>,
     /// Where the replay of inbox messages stands; `None` once it has caught up.
     replay: Option<Replay>,
@@ -414,6 +417,12 @@ impl Subscription {
     /// The newest inbox message id when the subscription started.
     pub fn last_id(&self) -> MessageId {
         self.last_id
+    }
+
+    /// Completes when the hub dropped this subscription for falling behind (its queue
+    /// was full): its stream should end, so that the client resumes with `after`.
+    pub fn fell_behind(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.events.fell_behind()
     }
 
     /// The next event, or `None` when the stream is over (session ended, or this
@@ -464,7 +473,7 @@ impl Subscription {
                 continue;
             }
             tokio::select! {
-                event = self.events.recv() => match event.map(|boxed| *boxed) {
+                event = self.events.recv() => match event {
                     None => {
                         self.ended = true;
                         return None;

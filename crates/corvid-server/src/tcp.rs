@@ -4,27 +4,35 @@
 //! (up to `max_in_flight`), and their answers are written in request order; pushed events
 //! of a subscription are written between answers. The task flushes once per burst of
 //! ready frames, not once per frame. With TLS on, the protocol runs inside a TLS session.
+//! Connections come through the server's front door (`admission`), which keeps their
+//! slots and deadlines; the one deadline that needs the protocol's framing, a frame begun
+//! and not finished, is kept here.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, SinkExt, StreamExt};
-use governor::RateLimiter;
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
+use tokio::io::ReadHalf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use corvid_core::{ApiError, ErrorCode, Request, Response};
 use corvid_wire::{
     ClientHello, CodecError, DecodeError, Frame, HelloStatus, ServerHello, WireCodec, HELLO_LEN,
 };
 
+use crate::admission::{
+    proves_session, Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol,
+    Transport,
+};
 use crate::config::Limits;
 use crate::service::{Service, Subscription};
 
@@ -48,61 +56,51 @@ const INITIAL_BUFFER: usize = 512;
 /// Bytes of encoded frames a connection buffers before it writes them out mid-burst.
 const WRITE_BOUNDARY: usize = 8 * 1024;
 
-/// Accepts connections on `listener` until `shutdown` is cancelled, then closes them all.
+/// Accepts binary-protocol connections on `listener` through the server's front door until
+/// `shutdown` is cancelled; open connections then answer what they were asked and close.
 /// With `tls`, every connection starts with a TLS handshake, and the protocol runs inside.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     service: Arc<Service>,
-    limits: Limits,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
 ) {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let tracker = TaskTracker::new();
-    let limits = Arc::new(limits);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Running out of file descriptors must not end the server: wait and retry.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let permit = connections.clone().try_acquire_owned().ok();
-        let (service, limits, shutdown) = (service.clone(), limits.clone(), shutdown.clone());
-        let tls = tls.clone();
-        tracker.spawn(async move {
-            let admitted = permit.is_some();
-            // Every task is as large as its largest state; boxing each protocol's future
-            // keeps a plain-TCP connection from carrying the room a TLS session needs.
-            let result = match tls {
-                None => Box::pin(connection(stream, service, &limits, admitted, shutdown)).await,
-                Some(tls) => {
-                    let timeout = std::time::Duration::from_secs(limits.handshake_timeout_secs);
-                    match tokio::time::timeout(timeout, Box::pin(tls.accept(stream))).await {
-                        Ok(Ok(stream)) => {
-                            Box::pin(connection(stream, service, &limits, admitted, shutdown)).await
-                        }
-                        Ok(Err(err)) => Err(ConnectionError::Handshake(format!("TLS: {err}"))),
-                        Err(_) => Err(ConnectionError::Handshake("TLS timed out".into())),
-                    }
-                }
-            };
-            if let Err(err) = result {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-            drop(permit);
-        });
+    let frontend = Arc::new(WireFrontend {
+        service,
+        limits: admission.limits().clone(),
+        shutdown,
+    });
+    admission.serve(listener, tls, frontend).await;
+}
+
+/// The binary protocol as a frontend of the front door.
+struct WireFrontend {
+    service: Arc<Service>,
+    limits: Limits,
+    shutdown: CancellationToken,
+}
+
+impl Frontend for WireFrontend {
+    const PROTOCOL: Protocol = Protocol {
+        name: "wire",
+        handshake_bytes: HELLO_LEN,
+        closes_when_idle: false,
+    };
+    const EXPLAINS_REFUSAL: bool = true;
+
+    async fn serve(self: Arc<Self>, connection: Connection) {
+        let peer = connection.peer;
+        if let Err(err) = serve_connection(connection, &self).await {
+            tracing::debug!(%peer, %err, "connection ended with an error");
+        }
     }
-    tracker.close();
-    tracker.wait().await;
+
+    async fn refuse(self: Arc<Self>, stream: Transport) {
+        // docs/protocol.md: the client's hello is answered, then the error frame says why
+        // the connection closes.
+        let _ = refuse(stream, &self.limits).await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,26 +113,44 @@ enum ConnectionError {
     Codec(#[from] CodecError),
 }
 
-async fn connection<S>(
-    mut stream: S,
-    service: Arc<Service>,
-    limits: &Limits,
-    admitted: bool,
-    shutdown: CancellationToken,
-) -> Result<(), ConnectionError>
+/// Reads the client's hello and answers it. Returns whether frames may follow.
+async fn hello<S>(stream: &mut S) -> Result<bool, ConnectionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut hello = [0u8; HELLO_LEN];
-    let timeout = std::time::Duration::from_secs(limits.handshake_timeout_secs);
-    tokio::time::timeout(timeout, stream.read_exact(&mut hello))
-        .await
-        .map_err(|_| ConnectionError::Handshake("timed out".into()))??;
+    stream.read_exact(&mut hello).await?;
     let client =
         ClientHello::decode(hello).map_err(|e| ConnectionError::Handshake(e.to_string()))?;
     let answer = ServerHello::answer(&client);
     stream.write_all(&answer.encode()).await?;
-    if answer.status != HelloStatus::Ok {
+    Ok(answer.status == HelloStatus::Ok)
+}
+
+/// Tells a connection with no slot that the server is full, then closes it.
+async fn refuse(mut stream: Transport, limits: &Limits) -> Result<(), ConnectionError> {
+    if !hello(&mut stream).await? {
+        return Ok(());
+    }
+    let mut output = FramedWrite::new(stream, WireCodec::new(limits.max_frame_bytes));
+    let error = ApiError::from(ErrorCode::TooManyConnections);
+    SinkExt::<Frame>::send(&mut output, Frame::Error { id: 0, error }).await?;
+    Ok(())
+}
+
+async fn serve_connection(
+    connection: Connection,
+    frontend: &WireFrontend,
+) -> Result<(), ConnectionError> {
+    let Connection {
+        io: mut stream,
+        limiter,
+        state,
+        ..
+    } = connection;
+    let (service, limits, shutdown) = (&frontend.service, &frontend.limits, &frontend.shutdown);
+    // The stream's handshake deadline bounds the hello.
+    if !hello(&mut stream).await? {
         return Ok(());
     }
 
@@ -146,21 +162,27 @@ where
     let mut input = FramedRead::with_capacity(read, codec, INITIAL_BUFFER);
     let mut output = FramedWrite::with_capacity(write, codec, INITIAL_BUFFER);
     output.set_backpressure_boundary(WRITE_BOUNDARY);
-    if !admitted {
-        let error = ApiError::from(ErrorCode::TooManyConnections);
-        SinkExt::<Frame>::send(&mut output, Frame::Error { id: 0, error }).await?;
-        return Ok(());
-    }
 
-    let limiter = RateLimiter::direct(limits.rate_quota());
+    let frame_timeout = Duration::from_secs(limits.frame_timeout_secs);
     let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let mut subscription: Option<Box<Subscription>> = None;
     let mut reading = true;
+    // Set while a frame has begun to arrive: when it must be complete.
+    let mut frame_deadline: Option<Pin<Box<Sleep>>> = None;
 
     loop {
+        let may_read = reading && pending.len() < limits.max_in_flight;
+        if !may_read {
+            // Reading paused for answers owed does not count against the client.
+            frame_deadline = None;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            frame = input.next(), if reading && pending.len() < limits.max_in_flight => {
+            frame = next_frame(&mut input, &mut frame_deadline, frame_timeout), if may_read => {
+                let Some(frame) = frame else {
+                    tracing::debug!("closing a connection that sent part of a frame and stopped");
+                    break;
+                };
                 match frame {
                     None => {
                         // The client closed its side: answer what it asked, then close; its
@@ -172,7 +194,13 @@ where
                         if limiter.check().is_err() {
                             pending.push_back(ready(error_frame(id, ErrorCode::RateLimited.into())));
                         } else {
-                            pending.push_back(serve_request(&service, id, request));
+                            if matches!(request, Request::Subscribe { .. }) {
+                                // A second subscribe on one connection replaces the first:
+                                // end the first now, so that it does not count against the
+                                // account's subscriptions while the second starts.
+                                subscription = None;
+                            }
+                            pending.push_back(serve_request(service, id, request));
                         }
                     }
                     Some(Ok(Ok(other))) => {
@@ -190,12 +218,12 @@ where
                 }
             }
             Some(reply) = pending.next() => {
-                if !write_reply(reply, &mut output, &mut subscription).await? {
+                if !write_reply(reply, &mut output, &mut subscription, &state).await? {
                     break;
                 }
                 // Answers that are ready too go out in the same write.
                 while let Some(Some(reply)) = pending.next().now_or_never() {
-                    if !write_reply(reply, &mut output, &mut subscription).await? {
+                    if !write_reply(reply, &mut output, &mut subscription, &state).await? {
                         return Ok(SinkExt::<Frame>::flush(&mut output).await?);
                     }
                 }
@@ -231,6 +259,33 @@ where
     Ok(())
 }
 
+type Input = FramedRead<ReadHalf<ConnectionIo>, WireCodec>;
+
+/// The next frame (or end of input) from the client; `None` when a frame that began to
+/// arrive did not complete within `timeout`. The deadline starts with a frame's first
+/// bytes, and `deadline` keeps it from one call to the next.
+fn next_frame<'a>(
+    input: &'a mut Input,
+    deadline: &'a mut Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+) -> impl Future<Output = Option<Option<<Input as Stream>::Item>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(frame) = input.poll_next_unpin(cx) {
+            *deadline = None;
+            return Poll::Ready(Some(frame));
+        }
+        if input.read_buffer().is_empty() {
+            *deadline = None;
+            return Poll::Pending;
+        }
+        let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
 /// The next event of the subscription; pending forever without one, so `select!` skips it.
 async fn next_event(subscription: &mut Option<Box<Subscription>>) -> Option<corvid_core::Event> {
     match subscription {
@@ -244,12 +299,20 @@ async fn write_reply<W>(
     reply: Reply,
     output: &mut FramedWrite<W, WireCodec>,
     subscription: &mut Option<Box<Subscription>>,
+    state: &ConnectionState,
 ) -> Result<bool, ConnectionError>
 where
     W: AsyncWrite + Unpin,
 {
     match reply {
-        Reply::Frame(frame) => feed(output, frame).await?,
+        Reply::Frame(frame) => {
+            if let Frame::Response { response, .. } = &frame {
+                if proves_session(response) {
+                    state.authenticated();
+                }
+            }
+            feed(output, frame).await?
+        }
         Reply::Subscribed {
             id,
             subscription: new,
@@ -258,6 +321,7 @@ where
                 last_id: new.last_id(),
             };
             feed(output, Frame::Response { id, response }).await?;
+            state.authenticated();
             // A second subscribe on one connection replaces the first.
             *subscription = Some(new);
         }

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
@@ -386,7 +388,7 @@ async fn errors_are_statuses_with_the_corvid_code_in_metadata() {
 }
 
 #[tokio::test]
-async fn a_connection_over_its_rate_or_beyond_the_connection_limit_is_refused() {
+async fn a_connection_over_its_rate_is_refused_and_one_beyond_the_connection_limit_closed() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |config| {
         config.limits.requests_per_second = 1;
@@ -406,12 +408,172 @@ async fn a_connection_over_its_rate_or_beyond_the_connection_limit_is_refused() 
         corvid_code::<()>(Err(refused.expect("the rate limit bites"))),
         ErrorCode::RateLimited
     );
-    let mut second = connect(&server).await;
-    assert_eq!(
-        corvid_code(second.ping(pb::PingRequest {}).await),
-        ErrorCode::TooManyConnections
-    );
+    // A connection with no slot is closed at once, before HTTP/2 starts.
+    let mut second = TcpStream::connect(server.grpc_addr().unwrap())
+        .await
+        .unwrap();
+    closed_by_server(&mut second).await;
     server.shutdown().await.unwrap();
+}
+
+/// Reads until the server closes the connection; fails the test if it stays open.
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the connection is still open"),
+        }
+    }
+}
+
+/// Polls `done` until it holds, failing the test after `WAIT`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_connection_limit_holds_for_both_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |config| config.limits.max_connections = 1).await;
+    let wire = TcpStream::connect(server.wire_addr()).await.unwrap();
+    eventually("the binary connection admitted", || {
+        server.open_connections() == 1
+    })
+    .await;
+    // The binary-protocol connection holds the server's only slot.
+    let mut grpc = TcpStream::connect(server.grpc_addr().unwrap())
+        .await
+        .unwrap();
+    closed_by_server(&mut grpc).await;
+    drop(wire);
+    eventually("the slot freed", || server.open_connections() == 0).await;
+    let mut chat = connect(&server).await;
+    chat.ping(pb::PingRequest {}).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_connections_without_the_preface_or_a_login_or_a_call_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |config| {
+        config.limits.handshake_timeout_secs = 1;
+        config.limits.login_timeout_secs = 2;
+        config.limits.grpc_idle_timeout_secs = 1;
+    })
+    .await;
+    let address = server.grpc_addr().unwrap();
+    // No preface at all, and half of it.
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    let mut half = TcpStream::connect(address).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    closed_by_server(&mut silent).await;
+    closed_by_server(&mut half).await;
+    eventually("the slots freed", || server.open_connections() == 0).await;
+
+    // An HTTP/2 connection that never logs in, and one that logs in and then has no call
+    // in progress, are closed; one with a live Subscribe stream stays.
+    let mut listener = connect(&server).await;
+    register(&mut listener, "alice").await;
+    let alice = login(&mut listener, "alice").await;
+    let (_, mut events) = subscribe(&mut listener, &alice, None).await;
+    let mut idle = connect(&server).await;
+    login(&mut idle, "alice").await;
+    let _never_logs_in = connect(&server).await;
+    eventually("the connections closed", || server.open_connections() == 1).await;
+    let mut sender = connect(&server).await;
+    let sent = send(&mut sender, &alice, "alice", "still here?").await;
+    match next(&mut events).await {
+        PbEvent::Message(message) => assert_eq!(message.id, sent.id),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
+
+async fn stalled_channel(server: &RunningServer) -> Channel {
+    let address = server.grpc_addr().expect("gRPC is on");
+    // A stream window of 0: the server cannot send a byte of data on a stream until the
+    // client reads it, which this client never does.
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .initial_stream_window_size(0)
+        .connect()
+        .await
+        .expect("gRPC connects")
+}
+
+#[tokio::test]
+async fn stalled_subscribe_streams_are_capped_ended_and_do_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |config| {
+        config.limits.max_subscriptions_per_connection = 3;
+        config.limits.subscriber_queue_bytes = 64 * 1024;
+        config.limits.write_timeout_secs = 1;
+        config.limits.shutdown_grace_secs = 1;
+    })
+    .await;
+    let mut chat = connect(&server).await;
+    register(&mut chat, "alice").await;
+    register(&mut chat, "bob").await;
+    let alice = login(&mut chat, "alice").await;
+    let bob = login(&mut chat, "bob").await;
+
+    let stalled = stalled_channel(&server).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let stream = ChatClient::new(stalled.clone())
+            .subscribe(pb::SubscribeRequest {
+                token: bob.clone(),
+                after: None,
+            })
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    let fourth = ChatClient::new(stalled.clone())
+        .subscribe(pb::SubscribeRequest {
+            token: bob.clone(),
+            after: None,
+        })
+        .await;
+    assert_eq!(corvid_code(fourth), ErrorCode::TooManySubscriptions);
+
+    // Messages pile up for the stalled streams until the hub drops them; the connection
+    // that does not read them is then closed, and its slot freed.
+    let text = "x".repeat(4096);
+    for _ in 0..40 {
+        send(&mut chat, &alice, "bob", &text).await;
+    }
+    eventually("the stalled subscriptions dropped", || {
+        server.service().hub().subscribers() == 0
+    })
+    .await;
+    eventually("the stalled connection closed", || {
+        server.open_connections() == 1
+    })
+    .await;
+
+    // Stalled streams that are still live when the server shuts down do not hold it up.
+    let stalled = stalled_channel(&server).await;
+    let _stream = ChatClient::new(stalled)
+        .subscribe(pb::SubscribeRequest {
+            token: bob.clone(),
+            after: None,
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, server.shutdown())
+        .await
+        .expect("shutdown is bounded whatever clients do")
+        .unwrap();
 }
 
 #[tokio::test]

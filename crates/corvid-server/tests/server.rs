@@ -40,7 +40,15 @@ impl Conn {
 
     /// A connection that speaks protocol `version`.
     async fn open_version(addr: SocketAddr, version: u16) -> Conn {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Conn::handshake(TcpStream::connect(addr).await.unwrap(), version).await
+    }
+
+    /// The handshake, in the current version, on a connected stream.
+    async fn open_on(stream: TcpStream) -> Conn {
+        Conn::handshake(stream, ClientHello::CURRENT.version).await
+    }
+
+    async fn handshake(mut stream: TcpStream, version: u16) -> Conn {
         stream
             .write_all(&ClientHello { version, flags: 0 }.encode())
             .await
@@ -874,5 +882,155 @@ async fn rate_and_connection_limits_apply_per_connection() {
         panic!()
     };
     assert_eq!(error.code, ErrorCode::TooManyConnections);
+    server.shutdown().await.unwrap();
+}
+
+/// Polls `done` until it holds, failing the test after `WAIT`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until the server closes the connection; fails the test if it stays open.
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the connection is still open"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_dropped_and_does_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.limits.max_text_bytes = 64 * 1024;
+        c.limits.write_timeout_secs = 1;
+        c.limits.shutdown_grace_secs = 1;
+        c.limits.subscriber_queue_bytes = 256 * 1024;
+    })
+    .await;
+    let ((mut alice, alice_token), (_bob, bob_token)) = alice_and_bob(&server).await;
+    // Bob subscribes from a connection that then reads nothing, with a small receive
+    // buffer so that the server's writes back up soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.wire_addr()).await.unwrap();
+    let mut stuck = Conn::open_on(stream).await;
+    stuck.subscribe(bob_token).await;
+    let text = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        alice
+            .send_request(Request::Send {
+                token: alice_token,
+                to: "bob".into(),
+                text: text.clone(),
+                client_id: 0,
+            })
+            .await;
+    }
+    for _ in 0..200 {
+        assert!(matches!(alice.answer().await, Frame::Response { .. }));
+    }
+    // Its queue overflowed: the hub dropped it, and its connection goes once the write
+    // deadline passes.
+    eventually("the stuck subscriber dropped", || {
+        server.service().hub().subscribers() == 0
+    })
+    .await;
+    eventually("the stuck connection closed", || {
+        server.open_connections() == 2
+    })
+    .await;
+    assert_eq!(alice.call(Request::Ping).await, Ok(Response::Pong));
+
+    // A second one that stops reading is still open when the server shuts down.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.wire_addr()).await.unwrap();
+    let mut stuck = Conn::open_on(stream).await;
+    stuck.subscribe(bob_token).await;
+    for _ in 0..100 {
+        alice
+            .send_request(Request::Send {
+                token: alice_token,
+                to: "bob".into(),
+                text: text.clone(),
+                client_id: 0,
+            })
+            .await;
+    }
+    for _ in 0..100 {
+        assert!(matches!(alice.answer().await, Frame::Response { .. }));
+    }
+    tokio::time::timeout(WAIT, server.shutdown())
+        .await
+        .expect("shutdown is bounded whatever clients do")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn half_a_frame_or_no_login_does_not_hold_a_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.limits.max_connections = 3;
+        c.limits.frame_timeout_secs = 1;
+        c.limits.login_timeout_secs = 2;
+    })
+    .await;
+    let ((mut alice, _), (mut bob, _)) = alice_and_bob(&server).await;
+    // Bob, logged in, sends the first 5 bytes of a 9-byte frame and stops.
+    bob.framed
+        .get_mut()
+        .write_all(&[0, 0, 0, 5, 1])
+        .await
+        .unwrap();
+    closed_by_server(bob.framed.get_mut()).await;
+    // A client that says hello and never logs in is closed at the login deadline.
+    let mut silent = Conn::open(server.wire_addr()).await;
+    closed_by_server(silent.framed.get_mut()).await;
+    // Their slots are free again: a new client is served.
+    let mut carol = Conn::open(server.wire_addr()).await;
+    assert_eq!(carol.call(Request::Ping).await, Ok(Response::Pong));
+    // Alice, logged in and sending whole frames, was never at risk.
+    assert_eq!(alice.call(Request::Ping).await, Ok(Response::Pong));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_account_holds_a_bounded_number_of_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| c.limits.max_subscriptions_per_account = 2).await;
+    let ((mut alice, alice_token), (mut bob, bob_token)) = alice_and_bob(&server).await;
+    bob.subscribe(bob_token).await;
+    // Subscribing again on the same connection replaces the first subscription.
+    bob.subscribe(bob_token).await;
+    let mut second = Conn::open(server.wire_addr()).await;
+    second.subscribe(bob_token).await;
+    let mut third = Conn::open(server.wire_addr()).await;
+    let refused = third
+        .call(Request::Subscribe {
+            token: bob_token,
+            after: None,
+        })
+        .await;
+    assert_eq!(code(refused), ErrorCode::TooManySubscriptions);
+    // Another account is not affected.
+    alice.subscribe(alice_token).await;
+    drop(second);
+    eventually("the second subscription ended", || {
+        server.service().hub().subscribers() == 2
+    })
+    .await;
+    third.subscribe(bob_token).await;
     server.shutdown().await.unwrap();
 }
