@@ -170,7 +170,6 @@ impl RunningServer {
     }
 }
 
-
 /// The node id of a single server (a cluster of one).
 const SINGLE_SERVER_ID: u64 = 1;
 /// How long a starting server waits for its node to lead (a single server elects itself at

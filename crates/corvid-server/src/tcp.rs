@@ -113,8 +113,9 @@ enum ConnectionError {
     Codec(#[from] CodecError),
 }
 
-/// Reads the client's hello and answers it. Returns whether frames may follow.
-async fn hello<S>(stream: &mut S) -> Result<bool, ConnectionError>
+/// Reads the client's hello and answers it. Returns the protocol version agreed on, or
+/// `None` when no frames may follow.
+async fn hello<S>(stream: &mut S) -> Result<Option<u16>, ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -124,15 +125,16 @@ where
         ClientHello::decode(hello).map_err(|e| ConnectionError::Handshake(e.to_string()))?;
     let answer = ServerHello::answer(&client);
     stream.write_all(&answer.encode()).await?;
-    Ok(answer.status == HelloStatus::Ok)
+    Ok((answer.status == HelloStatus::Ok).then_some(answer.version))
 }
 
 /// Tells a connection with no slot that the server is full, then closes it.
 async fn refuse(mut stream: Transport, limits: &Limits) -> Result<(), ConnectionError> {
-    if !hello(&mut stream).await? {
+    let Some(version) = hello(&mut stream).await? else {
         return Ok(());
-    }
-    let mut output = FramedWrite::new(stream, WireCodec::new(limits.max_frame_bytes));
+    };
+    let codec = WireCodec::new(limits.max_frame_bytes).with_version(version);
+    let mut output = FramedWrite::new(stream, codec);
     let error = ApiError::from(ErrorCode::TooManyConnections);
     SinkExt::<Frame>::send(&mut output, Frame::Error { id: 0, error }).await?;
     Ok(())
@@ -150,15 +152,15 @@ async fn serve_connection(
     } = connection;
     let (service, limits, shutdown) = (&frontend.service, &frontend.limits, &frontend.shutdown);
     // The stream's handshake deadline bounds the hello.
-    if !hello(&mut stream).await? {
+    let Some(version) = hello(&mut stream).await? else {
         return Ok(());
-    }
+    };
 
     let (read, write) = tokio::io::split(stream);
     // Most connections are idle most of the time: start both buffers small (they grow to
     // fit a burst), but keep the write side's flush threshold at its usual 8 KiB.
     // The connection speaks the version the hello agreed on.
-    let codec = WireCodec::new(limits.max_frame_bytes).with_version(answer.version);
+    let codec = WireCodec::new(limits.max_frame_bytes).with_version(version);
     let mut input = FramedRead::with_capacity(read, codec, INITIAL_BUFFER);
     let mut output = FramedWrite::with_capacity(write, codec, INITIAL_BUFFER);
     output.set_backpressure_boundary(WRITE_BOUNDARY);

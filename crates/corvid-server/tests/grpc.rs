@@ -533,6 +533,7 @@ async fn stalled_subscribe_streams_are_capped_ended_and_do_not_hold_up_shutdown(
             .subscribe(pb::SubscribeRequest {
                 token: bob.clone(),
                 after: None,
+                from_unread: false,
             })
             .await
             .unwrap();
@@ -542,6 +543,7 @@ async fn stalled_subscribe_streams_are_capped_ended_and_do_not_hold_up_shutdown(
         .subscribe(pb::SubscribeRequest {
             token: bob.clone(),
             after: None,
+            from_unread: false,
         })
         .await;
     assert_eq!(corvid_code(fourth), ErrorCode::TooManySubscriptions);
@@ -567,6 +569,7 @@ async fn stalled_subscribe_streams_are_capped_ended_and_do_not_hold_up_shutdown(
         .subscribe(pb::SubscribeRequest {
             token: bob.clone(),
             after: None,
+            from_unread: false,
         })
         .await
         .unwrap();

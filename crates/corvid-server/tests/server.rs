@@ -1020,7 +1020,7 @@ async fn an_account_holds_a_bounded_number_of_subscriptions() {
     let refused = third
         .call(Request::Subscribe {
             token: bob_token,
-            after: None,
+            from: SubscribeFrom::Now,
         })
         .await;
     assert_eq!(code(refused), ErrorCode::TooManySubscriptions);
