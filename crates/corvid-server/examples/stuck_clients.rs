@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use corvid_core::{Request, Response, Token};
+use corvid_core::{Request, Response, SubscribeFrom, Token};
 use corvid_grpc::pb;
 use corvid_grpc::pb::chat_client::ChatClient;
 use corvid_wire::{ClientHello, Frame, WireCodec, HELLO_LEN};
@@ -163,7 +163,7 @@ async fn subscribers(count: usize, messages: usize) {
             id: 1,
             request: Request::Subscribe {
                 token: bob,
-                after: None,
+                from: SubscribeFrom::Now,
             },
         })
         .await
@@ -213,6 +213,7 @@ async fn grpc_subscribers(count: usize, messages: usize) {
         let request = pb::SubscribeRequest {
             token: bob.0.to_vec(),
             after: None,
+            from_unread: false,
         };
         match chat.subscribe(request).await {
             // The stream is kept and never read.
