@@ -68,6 +68,18 @@ pub struct Limits {
     pub max_text_bytes: usize,
     /// Seconds a client has to complete the version handshake.
     pub handshake_timeout_secs: u64,
+    /// Most calls (HTTP/2 streams) one gRPC connection may have open at once; the
+    /// server advertises it as `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub grpc_max_streams: u32,
+    /// Seconds a gRPC client has to take each part of an answer (grant the HTTP/2
+    /// flow-control window for it); a client that does not is disconnected.
+    pub grpc_write_timeout_secs: u64,
+    /// Seconds a gRPC request's body has to arrive whole; then the call fails.
+    pub grpc_body_timeout_secs: u64,
+    /// Bytes of unfinished request bodies one gRPC connection may have read at once;
+    /// past it the server stops reading them until others finish. At least
+    /// `max_frame_bytes` + 65536.
+    pub grpc_request_buffer_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +154,10 @@ impl Default for Limits {
             max_in_flight: 64,
             max_text_bytes: corvid_core::validate::DEFAULT_MAX_TEXT,
             handshake_timeout_secs: 10,
+            grpc_max_streams: 100,
+            grpc_write_timeout_secs: 10,
+            grpc_body_timeout_secs: 10,
+            grpc_request_buffer_bytes: 2 << 20,
         }
     }
 }
@@ -226,6 +242,19 @@ impl Config {
         }
         if l.requests_per_second == 0 || l.request_burst == 0 {
             return fail("limits.requests_per_second and limits.request_burst must be positive");
+        }
+        if l.grpc_max_streams == 0
+            || l.grpc_write_timeout_secs == 0
+            || l.grpc_body_timeout_secs == 0
+        {
+            return fail("limits.grpc_max_streams and the gRPC timeouts must be positive");
+        }
+        if l.grpc_request_buffer_bytes < l.max_frame_bytes.saturating_add(65_536)
+            || l.grpc_request_buffer_bytes > u32::MAX as usize
+        {
+            return fail(
+                "limits.grpc_request_buffer_bytes must be max_frame_bytes + 65536 up to 4 GiB",
+            );
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.max_lifetime_secs == 0 {
             return fail("session timeouts must be positive");
@@ -384,5 +413,24 @@ mod tests {
         let mut config = Config::default();
         config.limits.max_frame_bytes = 100;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn grpc_limits_are_checked() {
+        let mut config = Config::default();
+        config.limits.grpc_max_streams = 0;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.grpc_write_timeout_secs = 0;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.grpc_body_timeout_secs = 0;
+        assert!(config.validate().is_err());
+        // The buffer must hold the largest request the server accepts.
+        let mut config = Config::default();
+        config.limits.grpc_request_buffer_bytes = config.limits.max_frame_bytes;
+        assert!(config.validate().is_err());
+        config.limits.grpc_request_buffer_bytes = config.limits.max_frame_bytes + 65_536;
+        config.validate().unwrap();
     }
 }

@@ -6,7 +6,8 @@
 //! the events of a [`Service::subscribe`] subscription. Errors become statuses in one
 //! place, `corvid_grpc::status::to_status`. Connections are accepted here rather than by
 //! tonic so that each gets the limits of the binary protocol: a connection slot and its
-//! own request-rate limiter, which every RPC checks first.
+//! own request-rate limiter. `limits` applies them, and the per-request limits HTTP/2
+//! calls for, to every request of a connection.
 
 use std::io;
 use std::pin::Pin;
@@ -33,6 +34,20 @@ use corvid_grpc::status::to_status;
 
 use crate::config::Limits;
 use crate::service::Service;
+
+mod limits;
+
+use limits::{LimitedConnection, RequestLimitLayer, MAX_DATA_FRAME};
+
+/// Streams a connection may reset by sending bad frames before it is closed (GOAWAY);
+/// hyper's own default, which tonic leaves unset (no limit).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// HTTP/2 flow-control windows for what a client sends: request bytes a connection
+/// holds that no handler has read are bounded by the connection window; what handlers
+/// read is bounded by `limits.grpc_request_buffer_bytes`.
+const REQUEST_CONNECTION_WINDOW: u32 = 1 << 20;
+const REQUEST_STREAM_WINDOW: u32 = 256 << 10;
 
 /// Connections accepted but not yet taken up by the HTTP/2 server.
 const ACCEPT_QUEUE: usize = 64;
@@ -138,17 +153,27 @@ pub async fn serve(
 ) {
     let (accepted, mut incoming) = mpsc::channel::<io::Result<GrpcConnection>>(ACCEPT_QUEUE);
     let accepting = accept(listener, tls, limits.clone(), accepted, shutdown.clone());
-    let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx));
+    let request_limits = limits.clone();
+    let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx))
+        .map(move |accepted| accepted.map(|c| LimitedConnection::new(c, &request_limits)));
 
     let chat = ChatServer::new(GrpcFrontend {
         service,
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(limits.max_frame_bytes);
+    // Requests in flight are counted by `RequestLimitLayer`, whose permit lives until
+    // the answer is written; tonic's own per-connection limit frees its slot as soon as
+    // the handler returns.
     let mut router = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(limits.max_in_flight)
+        .max_concurrent_streams(limits.grpc_max_streams)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .initial_connection_window_size(REQUEST_CONNECTION_WINDOW)
+        .initial_stream_window_size(REQUEST_STREAM_WINDOW)
+        .max_frame_size(MAX_DATA_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(RequestLimitLayer)
         .add_service(chat);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -241,26 +266,12 @@ fn status(error: ApiError) -> Status {
 }
 
 impl GrpcFrontend {
-    /// Refuses a request of a connection that has no slot or is over its rate.
-    fn admit<T>(&self, request: &GrpcRequest<T>) -> Result<(), Status> {
-        let Some(info) = request.extensions().get::<ConnectionInfo>() else {
-            return Ok(());
-        };
-        if !info.admitted {
-            return Err(status(ErrorCode::TooManyConnections.into()));
-        }
-        if info.limiter.check().is_err() {
-            return Err(status(ErrorCode::RateLimited.into()));
-        }
-        Ok(())
-    }
-
-    /// Serves one unary RPC: decode, the service core, encode.
+    /// Serves one unary RPC: decode, the service core, encode. Admission and the rate
+    /// limit were applied to the request before it got here (`limits`).
     async fn unary<Q: RpcRequest, A: RpcResponse>(
         &self,
         request: GrpcRequest<Q>,
     ) -> Result<GrpcResponse<A>, Status> {
-        self.admit(&request)?;
         let request = request
             .into_inner()
             .into_request()
@@ -363,7 +374,6 @@ impl Chat for GrpcFrontend {
         &self,
         request: GrpcRequest<pb::SubscribeRequest>,
     ) -> Result<GrpcResponse<EventStream>, Status> {
-        self.admit(&request)?;
         let request = request
             .into_inner()
             .into_request()
