@@ -53,6 +53,20 @@ pub fn to_status(error: &ApiError) -> Status {
     Status::with_metadata(grpc_code(error.code), error.message.clone(), metadata)
 }
 
+/// The Corvid error for a status that tonic made itself, before any Corvid code ran: a
+/// message over the size limit (`OUT_OF_RANGE`) is `frame_too_large`, and a request
+/// that could not be decoded (`INTERNAL`) is `malformed`. `None` for any other status.
+/// The server passes the result to [`to_status`], so that these carry the same metadata
+/// as every other error.
+pub fn edge_error(status: &Status) -> Option<ApiError> {
+    let code = match status.code() {
+        Code::OutOfRange => ErrorCode::FrameTooLarge,
+        Code::Internal => ErrorCode::Malformed,
+        _ => return None,
+    };
+    Some(ApiError::new(code, status.message()))
+}
+
 /// The Corvid error a status carries, or `None` when the status did not come from
 /// Corvid's service (no [`CODE_KEY`]): then it is a transport or proxy failure, to be
 /// read by its gRPC code. An unknown code number reads as `internal`, as the protocol
@@ -124,6 +138,17 @@ mod tests {
         metadata.insert(CODE_KEY, MetadataValue::from_static("not a number"));
         let status = Status::with_metadata(Code::Internal, "x", metadata);
         assert_eq!(from_status(&status), None);
+    }
+
+    #[test]
+    fn statuses_tonic_makes_at_the_edge_become_corvid_errors() {
+        let too_large = Status::out_of_range("message length too large");
+        let error = edge_error(&too_large).unwrap();
+        assert_eq!(error.code, ErrorCode::FrameTooLarge);
+        assert_eq!(error.message, "message length too large");
+        let undecodable = Status::internal("failed to decode Protobuf message");
+        assert_eq!(edge_error(&undecodable).unwrap().code, ErrorCode::Malformed);
+        assert_eq!(edge_error(&Status::unavailable("gone")), None);
     }
 
     #[test]

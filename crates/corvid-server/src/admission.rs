@@ -283,14 +283,7 @@ impl Admission {
         started: Instant,
     ) -> Connection {
         let id = self.open.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnectionState {
-            authenticated: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            open_calls: AtomicUsize::new(0),
-            subscriptions: AtomicUsize::new(0),
-            idle_since: Mutex::new(started),
-            waker: AtomicWaker::new(),
-        });
+        let state = ConnectionState::new(started);
         self.open.lock().insert(id, Arc::downgrade(&state));
         let io = ConnectionIo {
             inner: transport,
@@ -465,6 +458,18 @@ pub struct ConnectionState {
 }
 
 impl ConnectionState {
+    /// The state of a connection that opened at `started`: not logged in, no calls.
+    pub(crate) fn new(started: Instant) -> Arc<ConnectionState> {
+        Arc::new(ConnectionState {
+            authenticated: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            open_calls: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+            idle_since: Mutex::new(started),
+            waker: AtomicWaker::new(),
+        })
+    }
+
     /// The client proved it holds a session (a successful login, or a request its token
     /// authenticated): the login deadline no longer applies.
     pub fn authenticated(&self) {

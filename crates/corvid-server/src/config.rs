@@ -95,6 +95,15 @@ pub struct Limits {
     pub max_subscriptions_per_account: usize,
     /// Live `Subscribe` streams one gRPC connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// Most calls (HTTP/2 streams) one gRPC connection may have open at once; the
+    /// server advertises it as `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub grpc_max_streams: u32,
+    /// Seconds a gRPC request's body has to arrive whole; then the call fails.
+    pub grpc_body_timeout_secs: u64,
+    /// Bytes of unfinished request bodies one gRPC connection may have read at once;
+    /// past it the server stops reading them until others finish. At least
+    /// `max_frame_bytes` + 65536.
+    pub grpc_request_buffer_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,6 +186,9 @@ impl Default for Limits {
             subscriber_queue_bytes: 1 << 20,
             max_subscriptions_per_account: 16,
             max_subscriptions_per_connection: 8,
+            grpc_max_streams: 100,
+            grpc_body_timeout_secs: 10,
+            grpc_request_buffer_bytes: 2 << 20,
         }
     }
 }
@@ -281,6 +293,16 @@ impl Config {
         }
         if l.max_subscriptions_per_account == 0 || l.max_subscriptions_per_connection == 0 {
             return fail("limits.max_subscriptions_per_* must be positive");
+        }
+        if l.grpc_max_streams == 0 || l.grpc_body_timeout_secs == 0 {
+            return fail("limits.grpc_max_streams and the gRPC timeouts must be positive");
+        }
+        if l.grpc_request_buffer_bytes < l.max_frame_bytes.saturating_add(65_536)
+            || l.grpc_request_buffer_bytes > u32::MAX as usize
+        {
+            return fail(
+                "limits.grpc_request_buffer_bytes must be max_frame_bytes + 65536 up to 4 GiB",
+            );
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.max_lifetime_secs == 0 {
             return fail("session timeouts must be positive");
@@ -454,5 +476,21 @@ mod tests {
             tune(&mut config.limits);
             assert!(config.validate().is_err(), "{:?}", config.limits);
         }
+    }
+
+    #[test]
+    fn grpc_limits_are_checked() {
+        let mut config = Config::default();
+        config.limits.grpc_max_streams = 0;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.grpc_body_timeout_secs = 0;
+        assert!(config.validate().is_err());
+        // The buffer must hold the largest request the server accepts.
+        let mut config = Config::default();
+        config.limits.grpc_request_buffer_bytes = config.limits.max_frame_bytes;
+        assert!(config.validate().is_err());
+        config.limits.grpc_request_buffer_bytes = config.limits.max_frame_bytes + 65_536;
+        config.validate().unwrap();
     }
 }

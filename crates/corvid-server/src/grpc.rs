@@ -6,7 +6,8 @@
 //! the events of a [`Service::subscribe`] subscription. Errors become statuses in one
 //! place, `corvid_grpc::status::to_status`. Connections come through the server's front
 //! door (`admission`) rather than tonic's own listener, so that each gets the binary
-//! protocol's slot, deadlines and request-rate limiter, which every RPC checks first.
+//! protocol's slot, deadlines and request-rate limiter. `limits` applies the rate limit,
+//! and the per-request limits HTTP/2 calls for, to every request of a connection.
 
 use std::io;
 use std::pin::Pin;
@@ -35,6 +36,20 @@ use crate::admission::{
 };
 use crate::config::Limits;
 use crate::service::Service;
+
+mod limits;
+
+use limits::{ConnectionLimits, LimitedConnection, RequestLimitLayer, MAX_DATA_FRAME};
+
+/// Streams a connection may reset by sending bad frames before it is closed (GOAWAY);
+/// hyper's own default, which tonic leaves unset (no limit).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// HTTP/2 flow-control windows for what a client sends: request bytes a connection
+/// holds that no handler has read are bounded by the connection window; what handlers
+/// read is bounded by `limits.grpc_request_buffer_bytes`.
+const REQUEST_CONNECTION_WINDOW: u32 = 1 << 20;
+const REQUEST_STREAM_WINDOW: u32 = 256 << 10;
 
 /// Connections accepted but not yet taken up by the HTTP/2 server.
 const ACCEPT_QUEUE: usize = 64;
@@ -142,7 +157,9 @@ pub async fn serve(
     let limits = admission.limits().clone();
     let (accepted, mut incoming) = mpsc::channel::<io::Result<GrpcConnection>>(ACCEPT_QUEUE);
     let accepting = admission.serve(listener, tls, Arc::new(Handoff { accepted }));
-    let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx));
+    let request_limits = limits.clone();
+    let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx))
+        .map(move |accepted| accepted.map(|c| LimitedConnection::new(c, &request_limits)));
 
     let chat = ChatServer::new(GrpcFrontend {
         service,
@@ -150,10 +167,18 @@ pub async fn serve(
         limits: limits.clone(),
     })
     .max_decoding_message_size(limits.max_frame_bytes);
+    // Requests in flight are counted by `RequestLimitLayer`, whose permit lives until
+    // the answer is written; tonic's own per-connection limit frees its slot as soon as
+    // the handler returns.
     let mut router = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(limits.max_in_flight)
+        .max_concurrent_streams(limits.grpc_max_streams)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .initial_connection_window_size(REQUEST_CONNECTION_WINDOW)
+        .initial_stream_window_size(REQUEST_STREAM_WINDOW)
+        .max_frame_size(MAX_DATA_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(RequestLimitLayer)
         .add_service(chat);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -185,23 +210,12 @@ fn status(error: ApiError) -> Status {
 }
 
 impl GrpcFrontend {
-    /// Refuses a request of a connection that is over its rate.
-    fn admit<T>(&self, request: &GrpcRequest<T>) -> Result<(), Status> {
-        let Some(info) = request.extensions().get::<ConnectionInfo>() else {
-            return Ok(());
-        };
-        if info.limiter.check().is_err() {
-            return Err(status(ErrorCode::RateLimited.into()));
-        }
-        Ok(())
-    }
-
-    /// Serves one unary RPC: decode, the service core, encode.
+    /// Serves one unary RPC: decode, the service core, encode. The rate limit was applied
+    /// to the request before it got here (`limits`).
     async fn unary<Q: RpcRequest, A: RpcResponse>(
         &self,
         request: GrpcRequest<Q>,
     ) -> Result<GrpcResponse<A>, Status> {
-        self.admit(&request)?;
         let state = connection_state(&request);
         // The connection is not idle while a call is in progress.
         let _call = state.as_ref().map(|state| state.call_started());
@@ -229,8 +243,8 @@ impl GrpcFrontend {
 fn connection_state<T>(request: &GrpcRequest<T>) -> Option<Arc<ConnectionState>> {
     request
         .extensions()
-        .get::<ConnectionInfo>()
-        .map(|info| info.state.clone())
+        .get::<ConnectionLimits>()
+        .map(|limits| limits.info().state.clone())
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEvent, Status>> + Send>>;
@@ -320,7 +334,6 @@ impl Chat for GrpcFrontend {
         &self,
         request: GrpcRequest<pb::SubscribeRequest>,
     ) -> Result<GrpcResponse<EventStream>, Status> {
-        self.admit(&request)?;
         let state = connection_state(&request);
         let place = match &state {
             Some(state) => {
