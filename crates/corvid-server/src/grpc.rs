@@ -32,7 +32,7 @@ use corvid_grpc::pb::chat_server::{Chat, ChatServer};
 use corvid_grpc::status::to_status;
 
 use crate::config::Limits;
-use crate::service::Service;
+use crate::service::{Origin, Service};
 
 /// Connections accepted but not yet taken up by the HTTP/2 server.
 const ACCEPT_QUEUE: usize = 64;
@@ -44,6 +44,8 @@ pub struct ConnectionInfo {
     /// False when the server had no room for this connection: every request is refused.
     admitted: bool,
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// The client's address, which logins are throttled by.
+    peer: std::net::SocketAddr,
 }
 
 /// A connection's byte stream: plain TCP, or TLS over it.
@@ -201,6 +203,7 @@ async fn accept(
         let info = ConnectionInfo {
             admitted: permit.is_some(),
             limiter: Arc::new(RateLimiter::direct(limits.rate_quota())),
+            peer,
         };
         let Some(tls) = tls.clone() else {
             let connection = GrpcConnection {
@@ -261,11 +264,19 @@ impl GrpcFrontend {
         request: GrpcRequest<Q>,
     ) -> Result<GrpcResponse<A>, Status> {
         self.admit(&request)?;
+        let origin = match request.extensions().get::<ConnectionInfo>() {
+            Some(info) => Origin::from(info.peer),
+            None => Origin::UNKNOWN,
+        };
         let request = request
             .into_inner()
             .into_request()
             .map_err(|malformed| status(malformed.into()))?;
-        let response = self.service.handle(request).await.map_err(status)?;
+        let response = self
+            .service
+            .handle_from(origin, request)
+            .await
+            .map_err(status)?;
         match A::from_response(response) {
             Some(answer) => Ok(GrpcResponse::new(answer)),
             None => {

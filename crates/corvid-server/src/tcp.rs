@@ -83,12 +83,20 @@ pub async fn serve(
             // Every task is as large as its largest state; boxing each protocol's future
             // keeps a plain-TCP connection from carrying the room a TLS session needs.
             let result = match tls {
-                None => Box::pin(connection(stream, service, &limits, admitted, shutdown)).await,
+                None => {
+                    Box::pin(connection(
+                        stream, peer, service, &limits, admitted, shutdown,
+                    ))
+                    .await
+                }
                 Some(tls) => {
                     let timeout = std::time::Duration::from_secs(limits.handshake_timeout_secs);
                     match tokio::time::timeout(timeout, Box::pin(tls.accept(stream))).await {
                         Ok(Ok(stream)) => {
-                            Box::pin(connection(stream, service, &limits, admitted, shutdown)).await
+                            Box::pin(connection(
+                                stream, peer, service, &limits, admitted, shutdown,
+                            ))
+                            .await
                         }
                         Ok(Err(err)) => Err(ConnectionError::Handshake(format!("TLS: {err}"))),
                         Err(_) => Err(ConnectionError::Handshake("TLS timed out".into())),
@@ -117,6 +125,7 @@ enum ConnectionError {
 
 async fn connection<S>(
     mut stream: S,
+    peer: std::net::SocketAddr,
     service: Arc<Service>,
     limits: &Limits,
     admitted: bool,
@@ -175,7 +184,7 @@ where
                         if limiter.check().is_err() {
                             pending.push_back(ready(error_frame(id, ErrorCode::RateLimited.into())));
                         } else {
-                            pending.push_back(serve_request(&service, id, request));
+                            pending.push_back(serve_request(&service, peer, id, request));
                         }
                     }
                     Some(Ok(Ok(other))) => {
@@ -288,7 +297,12 @@ async fn feed<W: AsyncWrite + Unpin>(
     }
 }
 
-fn serve_request(service: &Arc<Service>, id: u32, request: Request) -> PendingReply {
+fn serve_request(
+    service: &Arc<Service>,
+    peer: std::net::SocketAddr,
+    id: u32,
+    request: Request,
+) -> PendingReply {
     let service = service.clone();
     Box::pin(async move {
         match request {
@@ -299,7 +313,7 @@ fn serve_request(service: &Arc<Service>, id: u32, request: Request) -> PendingRe
                 },
                 Err(error) => error_frame(id, error),
             },
-            request => match service.handle(request).await {
+            request => match service.handle_from(peer.into(), request).await {
                 Ok(response) => Reply::Frame(Frame::Response { id, response }),
                 Err(error) => error_frame(id, error),
             },
