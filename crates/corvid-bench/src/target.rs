@@ -109,6 +109,8 @@ pub struct ServerOptions {
     pub binary: PathBuf,
     /// Most connections the server accepts.
     pub max_connections: usize,
+    /// TOML appended to the server's configuration file (whole sections).
+    pub extra_config: String,
 }
 
 /// A `corvid serve` child process and its data directory (removed when this is dropped;
@@ -216,8 +218,8 @@ async fn launch(
     let config = format!(
         "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\n\n[limits]\nmax_connections = {}\n\
          requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\n\
-         [log]\nlevel = \"warn\"\n",
-        options.max_connections
+         [log]\nlevel = \"warn\"\n{}",
+        options.max_connections, options.extra_config
     );
     std::fs::write(&config_path, config).context("cannot write the server config")?;
     let log = std::fs::OpenOptions::new()
