@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use corvid_bench::report::{self, Report};
 use corvid_bench::target::{ServerOptions, StartedServer, Target, Transport};
 use corvid_bench::workload::connections::{self, ConnectionsParams};
+use corvid_bench::workload::login_flood::{self, LoginFloodParams};
 use corvid_bench::workload::offline::{self, OfflineParams};
 use corvid_bench::workload::online::{self, OnlineParams};
 use corvid_bench::workload::recovery::{self, RecoveryParams};
@@ -105,6 +106,31 @@ enum Workload {
         /// Kill the server with SIGKILL instead of stopping it with SIGTERM.
         #[arg(long)]
         crash: bool,
+    },
+    /// C connections pipelining wrong-password logins while another client pings: the
+    /// server's peak memory and the pinger's latency. Not part of `all`.
+    LoginFlood {
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Logins each connection keeps in flight.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Seconds the flood lasts.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Milliseconds between the pinger's pings.
+        #[arg(long, default_value_t = 10)]
+        ping_interval_ms: u64,
+        /// Every attempt names a fresh unknown user (password spraying), not one account.
+        #[arg(long)]
+        spray: bool,
+        /// Stop the flood (and fail the run) once the server's memory passes this many MiB.
+        #[arg(long, default_value_t = 4096)]
+        max_rss_mib: u64,
+        /// Start the server with its failed-login throttle lifted, so that every attempt
+        /// reaches the password-hashing pool (as from many addresses at once).
+        #[arg(long)]
+        no_throttle: bool,
     },
     /// Every workload with its defaults, one after the other, each on a fresh server.
     All,
@@ -243,6 +269,12 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
         Workload::Connections { connections, .. } => connections + 1000,
         _ => 20_000,
     };
+    let extra_config = match &workload {
+        Workload::LoginFlood {
+            no_throttle: true, ..
+        } => login_flood::NO_THROTTLE_CONFIG.to_string(),
+        _ => String::new(),
+    };
     let mut target = match &options.server {
         Some(addr) => Target::Running {
             addr: addr.clone(),
@@ -252,6 +284,7 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
             StartedServer::start(ServerOptions {
                 binary: corvid_binary(options.corvid.as_deref())?,
                 max_connections,
+                extra_config,
             })
             .await?,
         )),
@@ -331,6 +364,25 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
                 crash,
             };
             recovery::run(&mut target, common, &params).await?
+        }
+        Workload::LoginFlood {
+            connections,
+            window,
+            seconds,
+            ping_interval_ms,
+            spray,
+            max_rss_mib,
+            no_throttle: _,
+        } => {
+            let params = LoginFloodParams {
+                connections,
+                window,
+                duration: Duration::from_secs(seconds),
+                ping_interval: Duration::from_millis(ping_interval_ms),
+                spray,
+                max_rss_mib,
+            };
+            login_flood::run(&target, common, &params).await?
         }
         Workload::All | Workload::Plot { .. } | Workload::Fsync { .. } => {
             unreachable!("handled by the caller")

@@ -109,6 +109,8 @@ pub struct ServerOptions {
     pub binary: PathBuf,
     /// Most connections the server accepts.
     pub max_connections: usize,
+    /// TOML appended to the server's configuration file (whole sections).
+    pub extra_config: String,
 }
 
 /// A `corvid serve` child process and its data directory (removed when this is dropped;
@@ -219,8 +221,8 @@ async fn launch(
          requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\
          max_subscriptions_per_account = 1000000\n\
          grpc_max_streams = 1024\n\n\
-         [log]\nlevel = \"warn\"\n",
-        options.max_connections
+         [log]\nlevel = \"warn\"\n{}",
+        options.max_connections, options.extra_config
     );
     std::fs::write(&config_path, config).context("cannot write the server config")?;
     let log = std::fs::OpenOptions::new()

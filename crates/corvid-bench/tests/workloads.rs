@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use corvid_bench::workload::login_flood::{self, LoginFloodParams};
 use corvid_bench::workload::offline::{self, OfflineParams};
 use corvid_bench::workload::online::{self, OnlineParams};
 use corvid_bench::workload::Common;
@@ -117,5 +118,34 @@ async fn online_over_grpc_delivers_every_message_once() {
         .unwrap();
     assert!(report.passed(), "{}", report.table());
     assert_eq!(report.get("delivered").unwrap(), 30);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_flood_counts_every_answer_and_stops_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    // The server runs in this process, so this process's memory is the server's.
+    let target = Target::Running {
+        addr: server.wire_addr().to_string(),
+        pid: Some(std::process::id()),
+    };
+    let params = LoginFloodParams {
+        connections: 2,
+        window: 8,
+        duration: Duration::from_millis(500),
+        ping_interval: Duration::from_millis(10),
+        spray: false,
+        max_rss_mib: 1 << 20,
+    };
+    let report = login_flood::run(&target, &common(), &params).await.unwrap();
+    assert!(report.passed(), "{}", report.table());
+    let answers = report.get("answers").unwrap();
+    let count = |code: &str| answers[code].as_u64().unwrap();
+    let answered = count("invalid_credentials") + count("too_many_attempts") + count("busy");
+    assert_eq!(report.get("attempts").unwrap().as_u64().unwrap(), answered);
+    assert!(count("too_many_attempts") > 0, "{}", report.table());
+    assert!(report.get("ping").unwrap()["count"].as_u64().unwrap() > 0);
+    assert!(report.get("server_rss_peak_mib").is_some());
     server.shutdown().await.unwrap();
 }

@@ -35,6 +35,7 @@ pub struct Config {
     pub sessions: Sessions,
     pub log: Log,
     pub tls: Tls,
+    pub login: Login,
 }
 
 /// The longest connection deadline a configuration may set (a day).
@@ -137,6 +138,66 @@ impl Tls {
     }
 }
 
+/// Password hashing and the failed-login throttle. The throttle counts failures per
+/// source address (IPv4, or IPv6 /64), per username and address, and per username; see
+/// `crates/corvid-server/src/password/throttle.rs` for the rules. It is per server, in
+/// memory, and not replicated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Login {
+    /// Threads that hash and check passwords (each keeps a 19 MiB argon2 block). 0 (the
+    /// default) means one per core.
+    pub hash_threads: usize,
+    /// Password checks that may wait for a hashing thread; one more is answered `busy`.
+    pub hash_queue: usize,
+    /// Failed logins one source address may make in a burst.
+    pub address_burst: u32,
+    /// Seconds after which a source address may fail once more.
+    pub address_refill_secs: u64,
+    /// Failed logins one source address may make in a burst for one username.
+    pub user_address_burst: u32,
+    /// Seconds after which a source address may fail once more for one username.
+    pub user_address_refill_secs: u64,
+    /// Failed logins for one username, from every address, in a burst. Past it only
+    /// addresses that have not failed for that username may try, so that an attacker
+    /// cannot lock its owner out.
+    pub user_burst: u32,
+    /// Seconds after which a username may fail once more, from any address.
+    pub user_refill_secs: u64,
+    /// Entries each of the throttle's three tables keeps (the least recently used is
+    /// forgotten first); about 100 bytes each.
+    pub throttle_entries: usize,
+}
+
+/// The most password-hashing threads a configuration may ask for.
+pub const MAX_HASH_THREADS: usize = 256;
+
+impl Login {
+    /// The number of hashing threads to start (see [`Login::hash_threads`]).
+    pub fn threads(&self) -> usize {
+        if self.hash_threads > 0 {
+            return self.hash_threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+impl Default for Login {
+    fn default() -> Login {
+        Login {
+            hash_threads: 0,
+            hash_queue: 32,
+            address_burst: 30,
+            address_refill_secs: 2,
+            user_address_burst: 5,
+            user_address_refill_secs: 60,
+            user_burst: 50,
+            user_refill_secs: 30,
+            throttle_entries: 100_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
@@ -164,6 +225,7 @@ impl Default for Config {
             sessions: Sessions::default(),
             log: Log::default(),
             tls: Tls::default(),
+            login: Login::default(),
         }
     }
 }
@@ -313,6 +375,7 @@ impl Config {
         if self.worker_threads > MAX_WORKER_THREADS {
             return fail("worker_threads must be 0 (automatic) to 1024");
         }
+        self.login.validate()?;
         Ok(())
     }
 
@@ -326,6 +389,35 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.handshake_timeout_secs)
+    }
+}
+
+impl Login {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+        if self.hash_threads > MAX_HASH_THREADS {
+            return fail("login.hash_threads must be 0 (one per core) to 256");
+        }
+        if !(1..=65_536).contains(&self.hash_queue) {
+            return fail("login.hash_queue must be 1 to 65536");
+        }
+        if self.address_burst == 0 || self.user_address_burst == 0 || self.user_burst == 0 {
+            return fail("login.*_burst must be positive");
+        }
+        let day = 24 * 3600;
+        for refill in [
+            self.address_refill_secs,
+            self.user_address_refill_secs,
+            self.user_refill_secs,
+        ] {
+            if !(1..=day).contains(&refill) {
+                return fail("login.*_refill_secs must be 1 to 86400");
+            }
+        }
+        if !(1..=10_000_000).contains(&self.throttle_entries) {
+            return fail("login.throttle_entries must be 1 to 10000000");
+        }
+        Ok(())
     }
 }
 
@@ -450,6 +542,26 @@ mod tests {
             config.limits.max_connections,
             Limits::default().max_connections
         );
+    }
+
+    #[test]
+    fn login_settings_default_sanely_and_impossible_ones_are_refused() {
+        let config = Config::from_toml("[login]\nhash_threads = 3\nuser_burst = 7\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.login.threads(), 3);
+        assert_eq!(config.login.user_burst, 7);
+        assert_eq!(config.login.hash_queue, Login::default().hash_queue);
+        assert!(Config::default().login.threads() >= 1);
+        for bad in [
+            "hash_threads = 1000",
+            "hash_queue = 0",
+            "address_burst = 0",
+            "user_refill_secs = 0",
+            "throttle_entries = 0",
+        ] {
+            let config = Config::from_toml(&format!("[login]\n{bad}\n")).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

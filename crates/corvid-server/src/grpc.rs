@@ -35,7 +35,7 @@ use crate::admission::{
     proves_session, Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol,
 };
 use crate::config::Limits;
-use crate::service::Service;
+use crate::service::{Origin, Service};
 
 mod limits;
 
@@ -63,6 +63,8 @@ const HTTP2_PREFACE_LEN: usize = 24;
 pub struct ConnectionInfo {
     limiter: Arc<DefaultDirectRateLimiter>,
     state: Arc<ConnectionState>,
+    /// The client's address, which logins are throttled by.
+    peer: std::net::SocketAddr,
 }
 
 /// An admitted connection as tonic gets it: its stream keeps its deadlines and slot.
@@ -137,6 +139,7 @@ impl Frontend for Handoff {
             info: ConnectionInfo {
                 limiter: connection.limiter,
                 state: connection.state,
+                peer: connection.peer,
             },
         };
         // The server stopped taking connections: this one closes as it is dropped.
@@ -219,11 +222,19 @@ impl GrpcFrontend {
         let state = connection_state(&request);
         // The connection is not idle while a call is in progress.
         let _call = state.as_ref().map(|state| state.call_started());
+        let origin = match request.extensions().get::<ConnectionLimits>() {
+            Some(limits) => Origin::from(limits.info().peer),
+            None => Origin::UNKNOWN,
+        };
         let request = request
             .into_inner()
             .into_request()
             .map_err(|malformed| status(malformed.into()))?;
-        let response = self.service.handle(request).await.map_err(status)?;
+        let response = self
+            .service
+            .handle_from(origin, request)
+            .await
+            .map_err(status)?;
         if let Some(state) = &state {
             if proves_session(&response) {
                 state.authenticated();

@@ -249,6 +249,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         ServiceConfig {
             session_policy: config.session_policy(),
             max_text_bytes: config.limits.max_text_bytes,
+            login: config.login.clone(),
         },
     )?;
 

@@ -20,8 +20,10 @@ use corvid_core::{
 };
 use corvid_raft::{Node, NodeError};
 
+use crate::config::Login;
 use crate::hub::{EventQueue, Hub, Registration};
-use crate::password;
+pub use crate::password::Origin;
+use crate::password::Passwords;
 
 /// How long delivery notes gather before they are proposed as one `MarkDelivered` batch.
 const DELIVERY_BATCH_DELAY: Duration = Duration::from_millis(10);
@@ -34,29 +36,28 @@ const REPLAY_PAGE: usize = 256;
 pub struct ServiceConfig {
     pub session_policy: SessionPolicy,
     pub max_text_bytes: usize,
+    /// Password hashing and the failed-login throttle.
+    pub login: Login,
 }
 
 pub struct Service {
     node: Node,
     hub: Arc<Hub>,
     config: ServiceConfig,
-    /// Verified against when a login names an unknown user, so that unknown users and
-    /// wrong passwords take the same time.
-    dummy_hash: String,
+    passwords: Passwords,
     deliveries: mpsc::UnboundedSender<(AccountId, MessageId)>,
 }
 
 impl Service {
     /// Builds the service over a started node whose effects feed `hub`.
     pub fn new(node: Node, hub: Arc<Hub>, config: ServiceConfig) -> anyhow::Result<Arc<Service>> {
-        let dummy_hash = password::hash("corvid-no-such-user")
-            .map_err(|err| anyhow::anyhow!("cannot hash: {err}"))?;
+        let passwords = Passwords::new(&config.login)?;
         let (deliveries, pending) = mpsc::unbounded_channel();
         let service = Arc::new(Service {
             node,
             hub,
             config,
-            dummy_hash,
+            passwords,
             deliveries,
         });
         tokio::spawn(record_deliveries(Arc::downgrade(&service), pending));
@@ -71,7 +72,27 @@ impl Service {
         &self.hub
     }
 
-    /// Serves one request. `Subscribe` needs a stream: use [`Service::subscribe`].
+    /// Serves one request that came from `origin`: the address a login or an account
+    /// deletion is throttled by. Frontends call this; [`Service::handle`] is for callers
+    /// with no address.
+    pub async fn handle_from(
+        &self,
+        origin: Origin,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        match request {
+            Request::Login { username, password } => self.login(origin, username, password).await,
+            Request::DeleteAccount {
+                token,
+                password,
+                force,
+            } => self.delete_account(origin, token, password, force).await,
+            request => self.handle(request).await,
+        }
+    }
+
+    /// Serves one request from a caller of unknown origin (all such callers share one
+    /// failed-login allowance). `Subscribe` needs a stream: use [`Service::subscribe`].
     pub async fn handle(&self, request: Request) -> Result<Response, ApiError> {
         match request {
             Request::Ping => Ok(Response::Pong),
@@ -80,7 +101,9 @@ impl Service {
                 display_name,
                 password,
             } => self.create_account(username, display_name, password).await,
-            Request::Login { username, password } => self.login(username, password).await,
+            Request::Login { username, password } => {
+                self.login(Origin::UNKNOWN, username, password).await
+            }
             Request::Logout { token } => {
                 let now = now();
                 self.write(Command::Logout {
@@ -94,7 +117,10 @@ impl Service {
                 token,
                 password,
                 force,
-            } => self.delete_account(token, password, force).await,
+            } => {
+                self.delete_account(Origin::UNKNOWN, token, password, force)
+                    .await
+            }
             Request::ListAccounts {
                 token,
                 pattern,
@@ -231,7 +257,7 @@ impl Service {
         if taken.map_err(storage_fault)?.is_some() {
             return Err(ErrorCode::UsernameTaken.into());
         }
-        let password_hash = hash(password).await?;
+        let password_hash = self.passwords.hash(password).await?;
         let command = Command::CreateAccount {
             username,
             display_name,
@@ -244,15 +270,20 @@ impl Service {
         }
     }
 
-    async fn login(&self, username: String, password: String) -> Result<Response, ApiError> {
+    async fn login(
+        &self,
+        origin: Origin,
+        username: String,
+        password: String,
+    ) -> Result<Response, ApiError> {
+        // The throttle answers before anything is read or hashed, and in the same way
+        // whether the account exists or not.
+        let attempt = self.passwords.attempt(origin, &username)?;
         let found = self
             .read(move |t| Ok::<_, QueryError>(query::credentials(t, &username)?))
             .await?;
-        let (account, phc) = match found {
-            Some((account, phc)) => (Some(account), phc),
-            None => (None, self.dummy_hash.clone()),
-        };
-        let matches = verify(password, phc).await?;
+        let (account, phc) = found.unzip();
+        let matches = attempt.verify(password, phc).await?;
         let Some(account) = account.filter(|_| matches) else {
             return Err(ErrorCode::InvalidCredentials.into());
         };
@@ -277,20 +308,23 @@ impl Service {
 
     async fn delete_account(
         &self,
+        origin: Origin,
         token: Token,
         password: String,
         force: bool,
     ) -> Result<Response, ApiError> {
         let session = token.session_key();
         let now = now();
-        let (account, phc) = self
+        let (account, username, phc) = self
             .read(move |t| {
-                let (account, _) = query::authenticate(t, &session, now)?;
-                let phc = query::password_hash(t, account)?.unwrap_or_default();
-                Ok::<_, QueryError>((account, phc))
+                let (account, username) = query::authenticate(t, &session, now)?;
+                let phc = query::password_hash(t, account)?;
+                Ok::<_, QueryError>((account, username, phc))
             })
             .await?;
-        if !verify(password, phc).await? {
+        // A stolen session must not become a way around the login throttle.
+        let attempt = self.passwords.attempt(origin, &username)?;
+        if !attempt.verify(password, phc).await? {
             return Err(ErrorCode::InvalidCredentials.into());
         }
         match self
@@ -578,22 +612,6 @@ fn storage_fault(fault: corvid_core::StorageFault) -> ApiError {
 fn unexpected(outcome: Outcome) -> ApiError {
     tracing::error!(?outcome, "unexpected outcome");
     ErrorCode::Internal.into()
-}
-
-async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || password::hash(&password))
-        .await
-        .map_err(|_| ApiError::from(ErrorCode::Internal))?
-        .map_err(|err| {
-            tracing::error!(%err, "password hashing failed");
-            ErrorCode::Internal.into()
-        })
-}
-
-async fn verify(password: String, phc: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || password::verify(&password, &phc))
-        .await
-        .map_err(|_| ErrorCode::Internal.into())
 }
 
 fn new_token() -> Token {

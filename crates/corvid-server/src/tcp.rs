@@ -146,9 +146,9 @@ async fn serve_connection(
 ) -> Result<(), ConnectionError> {
     let Connection {
         io: mut stream,
+        peer,
         limiter,
         state,
-        ..
     } = connection;
     let (service, limits, shutdown) = (&frontend.service, &frontend.limits, &frontend.shutdown);
     // The stream's handshake deadline bounds the hello.
@@ -202,7 +202,7 @@ async fn serve_connection(
                                 // account's subscriptions while the second starts.
                                 subscription = None;
                             }
-                            pending.push_back(serve_request(service, id, request));
+                            pending.push_back(serve_request(service, peer, id, request));
                         }
                     }
                     Some(Ok(Ok(other))) => {
@@ -351,7 +351,12 @@ async fn feed<W: AsyncWrite + Unpin>(
     }
 }
 
-fn serve_request(service: &Arc<Service>, id: u32, request: Request) -> PendingReply {
+fn serve_request(
+    service: &Arc<Service>,
+    peer: std::net::SocketAddr,
+    id: u32,
+    request: Request,
+) -> PendingReply {
     let service = service.clone();
     Box::pin(async move {
         match request {
@@ -362,7 +367,7 @@ fn serve_request(service: &Arc<Service>, id: u32, request: Request) -> PendingRe
                 },
                 Err(error) => error_frame(id, error),
             },
-            request => match service.handle(request).await {
+            request => match service.handle_from(peer.into(), request).await {
                 Ok(response) => Reply::Frame(Frame::Response { id, response }),
                 Err(error) => error_frame(id, error),
             },

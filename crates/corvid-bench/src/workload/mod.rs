@@ -3,6 +3,7 @@
 //! [`Ledger`](crate::tally::Ledger).
 
 pub mod connections;
+pub mod login_flood;
 pub mod offline;
 pub mod online;
 pub mod recovery;

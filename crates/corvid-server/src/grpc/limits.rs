@@ -519,6 +519,7 @@ mod tests {
         let connection = ConnectionInfo {
             limiter: Arc::new(RateLimiter::direct(limits.rate_quota())),
             state: crate::admission::ConnectionState::new(tokio::time::Instant::now()),
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         ConnectionLimits::new(connection, limits)
     }
