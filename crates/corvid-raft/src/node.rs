@@ -276,13 +276,21 @@ impl Node {
     }
 }
 
-/// Triggers a snapshot each time the log has grown by `limit` bytes since it was last this
-/// small (a purge after a snapshot shrinks it), until Raft stops. openraft then purges the
-/// log behind the snapshot, as after one made by its entry count.
+/// Triggers a snapshot each time the log holds `limit` bytes more than the least it held
+/// since the last one, until Raft stops. openraft then purges the log behind the snapshot,
+/// as after one made by its entry count.
+///
+/// The log's size on disk counts from its purged point (a purge drops whole chunk files),
+/// so it carries over restarts: the count starts from an empty log, not from the size the
+/// log had when this process started, and a log that grew a little in each of many short
+/// runs is snapshotted at the first look after it passed `limit`. A purge keeps the last
+/// entries behind a snapshot for followers, so the log can stay above `limit` after one;
+/// the next trigger then waits until it has grown by `limit` again (or, after a restart,
+/// until there is something the last snapshot does not hold).
 async fn snapshot_when_the_log_grows(raft: Raft, reader: StoreReader, limit: u64) {
     let mut interval = tokio::time::interval(LOG_SIZE_CHECK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut base = reader.metrics().log_bytes;
+    let mut base = 0;
     loop {
         interval.tick().await;
         let bytes = reader.metrics().log_bytes;
@@ -290,9 +298,16 @@ async fn snapshot_when_the_log_grows(raft: Raft, reader: StoreReader, limit: u64
         if bytes - base < limit {
             continue;
         }
-        tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
-        if raft.trigger().snapshot().await.is_err() {
-            return; // Raft has stopped.
+        let (applied, snapshot) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.last_applied, metrics.snapshot)
+        };
+        if applied.map(|id| id.index) > snapshot.map(|id| id.index) {
+            tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
+            if raft.trigger().snapshot().await.is_err() {
+                return; // Raft has stopped.
+            }
         }
         base = bytes;
     }
