@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Bytes the log may grow by before a snapshot is taken anyway: [`SNAPSHOT_LOG_BYTES`].
     pub snapshot_log_bytes: u64,
+    /// Writes are refused (`NodeError::Store(StoreError::StorageFull)`) while less than this
+    /// is free on the data directory's disk: [`corvid_store::disk::DEFAULT_MIN_FREE_BYTES`].
+    pub min_free_bytes: u64,
 }
 
 /// Log entries between snapshots. A snapshot bounds both the log on disk and the replay a
@@ -163,6 +166,7 @@ impl Node {
             reader,
             closed,
         } = store;
+        reader.set_min_free_bytes(config.min_free_bytes);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config(config.snapshot_every)?),
@@ -230,6 +234,8 @@ impl Node {
     /// Proposes a command; returns once it is committed (durable on a quorum) and applied.
     /// Concurrent writes share a log entry, and so an fsync (see `proposer`).
     pub async fn write(&self, command: Command) -> Result<Outcome, NodeError> {
+        // A full disk refuses the write here, before openraft could meet ENOSPC.
+        self.reader.check_free_space()?;
         self.proposer.propose(command).await
     }
 

@@ -16,6 +16,7 @@ fn config(dir: &Path) -> NodeConfig {
         node_id: 1,
         advertise_addr: "127.0.0.1:7000".into(),
         snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
+        min_free_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
     }
 }

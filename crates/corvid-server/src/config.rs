@@ -68,6 +68,11 @@ pub struct Limits {
     pub max_text_bytes: usize,
     /// Seconds a client has to complete the version handshake.
     pub handshake_timeout_secs: u64,
+    /// Writes are refused with `storage_full` while the data directory's disk has less than
+    /// this many bytes free; reads go on, and writes resume once space is freed. It leaves
+    /// room for the next log chunk (32 MiB, reserved whole) and for the state to commit; at
+    /// least 40 MiB.
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +147,7 @@ impl Default for Limits {
             max_in_flight: 64,
             max_text_bytes: corvid_core::validate::DEFAULT_MAX_TEXT,
             handshake_timeout_secs: 10,
+            min_free_disk_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -226,6 +232,9 @@ impl Config {
         }
         if l.requests_per_second == 0 || l.request_burst == 0 {
             return fail("limits.requests_per_second and limits.request_burst must be positive");
+        }
+        if l.min_free_disk_bytes < corvid_store::disk::LEAST_MIN_FREE_BYTES {
+            return fail("limits.min_free_disk_bytes must be at least 41943040 (40 MiB)");
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.max_lifetime_secs == 0 {
             return fail("session timeouts must be positive");

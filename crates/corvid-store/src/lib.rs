@@ -67,6 +67,7 @@
 //! all: appending one entry to redb rewrote about eleven scattered pages before its fsync,
 //! where the write-ahead log appends one record (see [`log`]).
 
+pub mod disk;
 pub mod error;
 pub mod log;
 mod schema;
