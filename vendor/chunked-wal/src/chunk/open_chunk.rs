@@ -93,8 +93,8 @@ where Rec: Encode
         chunk_id: ChunkId,
     ) -> Result<Arc<File>, io::Error> {
         let path = config.chunk_path(chunk_id);
-        // Corvid patch: the file is given its full size up front (sparse, its
-        // tail reads as zeros) and written in place, at the cursor, which only
+        // Corvid patch: the file is given its full size up front (its tail
+        // reads as zeros) and written in place, at the cursor, which only
         // the first record's write and then the flush worker move; reads are
         // positional. An fdatasync then flushes the data alone, where after an
         // append it must also commit the file's new length (on ext4 a journal
@@ -105,8 +105,18 @@ where Rec: Encode
             .write(true)
             .read(true)
             .create_new(true)
-            .open(path)?;
-        f.set_len(config.chunk_max_size() as u64)?;
+            .open(&path)?;
+        // Corvid patch: the space is reserved (`fallocate`), not left sparse,
+        // so that a full disk fails here, where the chunk is created, and
+        // never in the middle of writing a record into it. A chunk that could
+        // not be given its space is removed again (recovery would remove it
+        // anyway: it has no first record).
+        if let Err(e) = fs2::FileExt::allocate(&f, config.chunk_max_size() as u64)
+        {
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         f.sync_all()?;
 
         // Commit the new file name before any of its records can be
