@@ -111,8 +111,7 @@ where Rec: Encode
         // never in the middle of writing a record into it. A chunk that could
         // not be given its space is removed again (recovery would remove it
         // anyway: it has no first record).
-        if let Err(e) = fs2::FileExt::allocate(&f, config.chunk_max_size() as u64)
-        {
+        if let Err(e) = Self::reserve(&f, config.chunk_max_size() as u64) {
             drop(f);
             let _ = std::fs::remove_file(&path);
             return Err(e);
@@ -124,6 +123,26 @@ where Rec: Encode
         config.sync_dir()?;
 
         Ok(Arc::new(f))
+    }
+
+    /// Reserves `len` bytes of disk for `f` and sets its length (Corvid
+    /// patch). `posix_fallocate` returns its error instead of setting `errno`
+    /// (which `fs2`'s `allocate` reads, reporting ENOSPC as "Success"), and
+    /// refuses a zero length.
+    fn reserve(f: &File, len: u64) -> Result<(), io::Error> {
+        use std::os::unix::io::AsRawFd;
+
+        if len == 0 {
+            return Ok(());
+        }
+        let len = libc::off_t::try_from(len)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `f` is an open file descriptor for the whole call.
+        let ret = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };
+        if ret != 0 {
+            return Err(io::Error::from_raw_os_error(ret));
+        }
+        Ok(())
     }
 
     pub(crate) fn append_record(
