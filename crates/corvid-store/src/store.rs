@@ -162,8 +162,13 @@ impl StoreReader {
     }
 
     /// `Ok` if there is room on the disk for a write, [`StoreError::StorageFull`] if not.
+    /// A closed store has nothing to guard: the write then fails as any write to a node
+    /// that has shut down.
     pub fn check_free_space(&self) -> Result<(), StoreError> {
-        self.shared()?.disk.check()
+        match self.shared.upgrade() {
+            Some(shared) => shared.disk.check(),
+            None => Ok(()),
+        }
     }
 
     /// The id of the last entry applied to the state.
