@@ -141,8 +141,12 @@ enum Workload {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// Write over blocks already written and fsync'd instead of appending.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "preallocate")]
         overwrite: bool,
+        /// Write in place into a file sized up front, as the log's chunks are: `sparse`
+        /// (`set_len`) or `fallocate` (its space reserved, as the log does).
+        #[arg(long, value_enum)]
+        preallocate: Option<corvid_bench::disk::Preallocate>,
     },
     /// Draws the latest result of each workload in RESULTS as an SVG.
     Plot { results: PathBuf, output: PathBuf },
@@ -184,9 +188,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         count,
         dir,
         overwrite,
+        preallocate,
     } = &cli.command
     {
-        let report = corvid_bench::disk::fsync_loop(dir, *count, *overwrite)?;
+        let report = corvid_bench::disk::fsync_loop(dir, *count, *overwrite, *preallocate)?;
         let context = report::context("none", "none", cli.label.as_deref());
         let line = report.to_json(&context);
         print!("{}", report.table());

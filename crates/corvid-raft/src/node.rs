@@ -38,6 +38,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Bytes the log may grow by before a snapshot is taken anyway: [`SNAPSHOT_LOG_BYTES`].
     pub snapshot_log_bytes: u64,
+    /// Writes are refused (`NodeError::Store(StoreError::StorageFull)`) while less than this
+    /// is free on the data directory's disk: [`corvid_store::disk::DEFAULT_MIN_FREE_BYTES`].
+    pub min_free_bytes: u64,
 }
 
 /// Log entries between snapshots. A snapshot bounds both the log on disk and the replay a
@@ -191,6 +194,7 @@ impl Node {
         if let Some(expected) = config.cluster_id {
             check_cluster(expected, reader.cluster_id()?)?;
         }
+        reader.set_min_free_bytes(config.min_free_bytes);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config(config.snapshot_every)?),
@@ -319,6 +323,8 @@ impl Node {
     /// Proposes a command; returns once it is committed (durable on a quorum) and applied.
     /// Concurrent writes share a log entry, and so an fsync (see `proposer`).
     pub async fn write(&self, command: Command) -> Result<Outcome, NodeError> {
+        // A full disk refuses the write here, before openraft could meet ENOSPC.
+        self.reader.check_free_space()?;
         self.proposer.propose(command).await
     }
 
@@ -365,13 +371,21 @@ impl Node {
     }
 }
 
-/// Triggers a snapshot each time the log has grown by `limit` bytes since it was last this
-/// small (a purge after a snapshot shrinks it), until Raft stops. openraft then purges the
-/// log behind the snapshot, as after one made by its entry count.
+/// Triggers a snapshot each time the log holds `limit` bytes more than the least it held
+/// since the last one, until Raft stops. openraft then purges the log behind the snapshot,
+/// as after one made by its entry count.
+///
+/// The log's size on disk counts from its purged point (a purge drops whole chunk files),
+/// so it carries over restarts: the count starts from an empty log, not from the size the
+/// log had when this process started, and a log that grew a little in each of many short
+/// runs is snapshotted at the first look after it passed `limit`. A purge keeps the last
+/// entries behind a snapshot for followers, so the log can stay above `limit` after one;
+/// the next trigger then waits until it has grown by `limit` again (or, after a restart,
+/// until there is something the last snapshot does not hold).
 async fn snapshot_when_the_log_grows(raft: Raft, reader: StoreReader, limit: u64) {
     let mut interval = tokio::time::interval(LOG_SIZE_CHECK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut base = reader.metrics().log_bytes;
+    let mut base = 0;
     loop {
         interval.tick().await;
         let bytes = reader.metrics().log_bytes;
@@ -379,9 +393,16 @@ async fn snapshot_when_the_log_grows(raft: Raft, reader: StoreReader, limit: u64
         if bytes - base < limit {
             continue;
         }
-        tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
-        if raft.trigger().snapshot().await.is_err() {
-            return; // Raft has stopped.
+        let (applied, snapshot) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.last_applied, metrics.snapshot)
+        };
+        if applied.map(|id| id.index) > snapshot.map(|id| id.index) {
+            tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
+            if raft.trigger().snapshot().await.is_err() {
+                return; // Raft has stopped.
+            }
         }
         base = bytes;
     }

@@ -261,6 +261,51 @@ async fn a_growing_log_is_snapshotted_by_its_size() {
     node.shutdown().await.unwrap();
 }
 
+/// The size trigger counts the log since its purged point, not since the process started:
+/// a log that grows by less than `snapshot_log_bytes` in each of many short runs is
+/// snapshotted as soon as a run starts with more than that unsnapshotted, so what a
+/// restart has to replay stays bounded however often the server restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_grown_over_many_restarts_is_snapshotted_by_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 64 << 10;
+    let config = NodeConfig {
+        snapshot_log_bytes: limit,
+        ..config(dir.path())
+    };
+    let alice = Token([6; 16]);
+    let text = "x".repeat(4000);
+    let mut runs_over_the_limit = 0;
+    for run in 0..8 {
+        let node = start(config.clone(), no_effects()).await.unwrap();
+        let metrics = node.raft().metrics().borrow().clone();
+        let at_open = node.store_metrics().log_bytes;
+        if at_open >= limit {
+            // Everything earlier runs wrote is in a snapshot soon after the start.
+            runs_over_the_limit += 1;
+            let last = metrics.last_log_index.unwrap();
+            node.raft()
+                .wait(Some(Duration::from_secs(10)))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= last),
+                    "a snapshot of the earlier runs",
+                )
+                .await
+                .unwrap_or_else(|e| panic!("run {run}, {at_open} log bytes at start: {e}"));
+        }
+        if run == 0 {
+            alice_and_bob(&node, alice).await;
+        }
+        for _ in 0..6 {
+            node.write(send(alice, "bob", &text)).await.unwrap();
+        }
+        let grown = node.store_metrics().log_bytes - at_open;
+        assert!(grown < limit, "run {run} grew the log by {grown} bytes");
+        node.shutdown().await.unwrap();
+    }
+    assert!(runs_over_the_limit >= 4, "{runs_over_the_limit} runs");
+}
+
 /// Pushes are handed out before the state transaction commits (the entry is already in the
 /// log), so a push can come before the state shows its message; a linearizable read made on
 /// receiving the push waits for the commit and sees the message.

@@ -105,6 +105,11 @@ pub struct Limits {
     /// past it the server stops reading them until others finish. At least
     /// `max_frame_bytes` + 65536.
     pub grpc_request_buffer_bytes: usize,
+    /// Writes are refused with `storage_full` while the data directory's disk has less than
+    /// this many bytes free; reads go on, and writes resume once space is freed. It leaves
+    /// room for the next log chunk (32 MiB, reserved whole) and for the state to commit; at
+    /// least 40 MiB.
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -251,6 +256,7 @@ impl Default for Limits {
             grpc_max_streams: 100,
             grpc_body_timeout_secs: 10,
             grpc_request_buffer_bytes: 2 << 20,
+            min_free_disk_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -365,6 +371,9 @@ impl Config {
             return fail(
                 "limits.grpc_request_buffer_bytes must be max_frame_bytes + 65536 up to 4 GiB",
             );
+        }
+        if l.min_free_disk_bytes < corvid_store::disk::LEAST_MIN_FREE_BYTES {
+            return fail("limits.min_free_disk_bytes must be at least 41943040 (40 MiB)");
         }
         if self.sessions.idle_timeout_secs == 0 || self.sessions.max_lifetime_secs == 0 {
             return fail("session timeouts must be positive");

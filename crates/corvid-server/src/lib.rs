@@ -225,6 +225,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         cluster_id: None,
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
         snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
+        min_free_bytes: config.limits.min_free_disk_bytes,
     };
     let node = corvid_raft::Node::open(node_config, effects)
         .await
@@ -303,9 +304,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // One line on stdout says where to connect: scripts and tests read it. The binary
     // protocol's address comes first.
     println!("{}", ready_line(&server, &data_dir));
-    wait_for_signal().await;
+    let raft = server.service.node().raft().clone();
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        reason = node_stopped(raft) => {
+            // openraft 0.9 never restarts its core after a storage error (a disk that
+            // filled up anyway, a failed fsync): a server that went on would answer pings
+            // and nothing else. Exit at once, like a crash, so that a supervisor restarts
+            // it: the log is fsync'd and opening it repairs what a crash leaves behind.
+            tracing::error!(%reason, "the node stopped on a fatal error; exiting");
+            std::process::exit(1);
+        }
+    }
     tracing::info!("shutting down");
     server.shutdown().await
+}
+
+/// Resolves with the reason once openraft's core has stopped by itself, on a fatal error.
+async fn node_stopped(raft: corvid_store::typ::Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the raft core stopped".to_string();
+        }
+    }
 }
 
 /// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ./corvid-data)`.

@@ -593,6 +593,9 @@ async fn record_deliveries(
 fn fault(err: NodeError) -> ApiError {
     match err {
         NodeError::NotLeader { .. } => ErrorCode::NotLeader.into(),
+        NodeError::Store(corvid_store::StoreError::StorageFull { .. }) => {
+            ErrorCode::StorageFull.into()
+        }
         NodeError::Unavailable(reason) => {
             tracing::warn!(%reason, "service unavailable");
             ErrorCode::Unavailable.into()

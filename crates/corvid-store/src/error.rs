@@ -25,6 +25,10 @@ pub enum StoreError {
         crate::identity::FORMAT_VERSION
     )]
     NewerFormat { found: u32 },
+    /// The data directory's disk is nearly full: the write was refused before it reached the
+    /// log (see [`crate::disk`]).
+    #[error("the disk is full: {available} bytes free, writes need {min_free}")]
+    StorageFull { available: u64, min_free: u64 },
     /// The store has been closed (openraft shut down and dropped it).
     #[error("the store is closed")]
     Closed,

@@ -75,6 +75,7 @@
 //! where the write-ahead log appends one record (see [`log`]).
 
 pub mod check;
+pub mod disk;
 pub mod error;
 pub mod identity;
 pub mod log;

@@ -572,6 +572,135 @@ mod tests {
         assert_eq!(read, written);
     }
 
+    /// A log in a fresh directory with one 1 MiB chunk: small entries `1..=3`, then entry 4
+    /// of about 40 KiB, then `extra` small entries. Returns the chunk file's name and bytes,
+    /// and where entry 4's record is in it.
+    fn log_image(extra: u64) -> (String, Vec<u8>, std::ops::Range<usize>) {
+        use corvid_core::{Command, SessionKey};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = RaftLog::<Wal>::open(Arc::new(small_chunks(dir.path()))).unwrap();
+        let entry = |index: u64, commands: u64| {
+            let payload = EntryPayload::Normal(
+                (0..commands)
+                    .map(|i| Command::Touch {
+                        session: SessionKey([(i % 251 + 1) as u8; 32]),
+                        now: i,
+                    })
+                    .collect(),
+            );
+            let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+            (Stored(log_id), Payload::Decoded(payload))
+        };
+        let flush = |wal: &mut RaftLog<Wal>| {
+            let (done, flushed) = std::sync::mpsc::channel();
+            let callback = Flushed(Box::new(move |result| done.send(result).unwrap()));
+            wal.flush(true, Some(callback)).unwrap();
+            flushed.recv().unwrap().unwrap();
+            wal.on_disk_size() as usize
+        };
+        wal.append((1..=3).map(|i| entry(i, 1))).unwrap();
+        let start = flush(&mut wal);
+        wal.append([entry(4, 1000)]).unwrap();
+        let end = flush(&mut wal);
+        wal.append((5..5 + extra).map(|i| entry(i, 1))).unwrap();
+        flush(&mut wal);
+        drop(wal);
+        let mut chunks: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        let path = chunks.pop().unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            end - start > 32 << 10,
+            "entry 4 takes {} bytes",
+            end - start
+        );
+        (name, std::fs::read(&path).unwrap(), start..end)
+    }
+
+    fn small_chunks(dir: &std::path::Path) -> raft_log::Config {
+        let mut config = config(dir);
+        config.wal.chunk_max_size = Some(1 << 20);
+        config
+    }
+
+    /// Opens a log whose one chunk file holds `bytes`.
+    fn open_image(name: &str, bytes: &[u8]) -> io::Result<RaftLog<Wal>> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        RaftLog::<Wal>::open(Arc::new(small_chunks(dir.path())))
+    }
+
+    fn indexes(wal: &RaftLog<Wal>) -> Vec<u64> {
+        let last = wal.log_state().last().map_or(0, |id| id.0.index);
+        wal.read(1, last + 1)
+            .map(|item| item.unwrap().0 .0.index)
+            .collect()
+    }
+
+    /// A crash while a record is being written leaves the record's first pages and zeros
+    /// after them (chunks are sized up front, so the file is not short), or, on a file that
+    /// grew, a short file. Cut at every page boundary inside a large last record, either
+    /// way the log opens, without that record and with every one before it.
+    #[test]
+    fn a_record_torn_at_any_page_boundary_is_cut_and_the_log_opens() {
+        let (name, image, record) = log_image(0);
+        let first_page = record.start / 4096 + 1;
+        let cuts: Vec<usize> = (first_page..)
+            .map(|page| page * 4096)
+            .take_while(|&cut| cut < record.end)
+            .collect();
+        assert!(cuts.len() >= 8, "{cuts:?}");
+        for cut in cuts {
+            let mut zeroed = image.clone();
+            zeroed[cut..].fill(0);
+            let wal = open_image(&name, &zeroed)
+                .unwrap_or_else(|e| panic!("zeros from {cut}: the log does not open: {e}"));
+            assert_eq!(indexes(&wal), [1, 2, 3], "zeros from {cut}");
+            drop(wal);
+
+            let wal = open_image(&name, &image[..cut])
+                .unwrap_or_else(|e| panic!("cut at {cut}: the log does not open: {e}"));
+            assert_eq!(indexes(&wal), [1, 2, 3], "cut at {cut}");
+        }
+        // Untouched, the record is there.
+        assert_eq!(indexes(&open_image(&name, &image).unwrap()), [1, 2, 3, 4]);
+    }
+
+    /// Damage that no crash leaves behind is reported, not cut: a bad record followed by
+    /// good ones, or a changed byte in the last record, stops the log from opening, with a
+    /// message that says so and names the file.
+    #[test]
+    fn a_damaged_record_is_refused_with_a_clear_error() {
+        let (name, image, record) = log_image(2);
+        let refused = |bytes: &[u8], what: &str| {
+            let err = open_image(&name, bytes)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: the damaged log opened"));
+            let message = err.to_string();
+            assert!(message.contains("damaged record"), "{what}: {message}");
+            assert!(message.contains(&name), "{what}: {message}");
+        };
+
+        let mut page_lost = image.clone();
+        let page = (record.start / 4096 + 1) * 4096;
+        page_lost[page..page + 4096].fill(0);
+        refused(&page_lost, "a zeroed page with records after it");
+
+        let end = image.iter().rposition(|b| *b != 0).unwrap() + 1;
+        let mut flipped = image.clone();
+        flipped[end - 20] ^= 0x10;
+        refused(&flipped, "a changed byte in the last record");
+
+        let mut flipped = image.clone();
+        flipped[record.start + (record.end - record.start) / 2] ^= 0x10;
+        refused(&flipped, "a changed byte in a record before others");
+    }
+
     /// A payload written decoded reads back encoded (nothing is decoded while the log is
     /// opened), and decodes to what was written; its size is the same either way.
     #[test]

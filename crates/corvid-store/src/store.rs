@@ -9,6 +9,7 @@ use corvid_core::Tables;
 use redb::ReadableDatabase;
 use tokio::sync::oneshot;
 
+use crate::disk::DiskGuard;
 use crate::error::StoreError;
 use crate::identity::{ClusterId, FORMAT_VERSION};
 use crate::log::LogStore;
@@ -69,6 +70,7 @@ pub struct StoreMetrics {
 pub(crate) struct Shared {
     pub state_db: redb::Database,
     pub counters: Counters,
+    pub disk: DiskGuard,
     /// Dropped right after the databases (fields drop in order): tells [`Closed`] the file is released.
     _closed: oneshot::Sender<()>,
 }
@@ -124,6 +126,7 @@ impl Store {
         let shared = Arc::new(Shared {
             state_db,
             counters: Counters::default(),
+            disk: DiskGuard::new(dir.to_path_buf()),
             _closed: closed_tx,
         });
         Ok(Store {
@@ -160,6 +163,25 @@ impl StoreReader {
         let txn = shared.state_db.begin_read()?;
         let tables = ReadTables::new(&txn);
         Ok(f(&tables))
+    }
+
+    /// Refuses writes with [`StoreError::StorageFull`] while less than `bytes` is free on the
+    /// data directory's disk (see [`crate::disk`]); the default is
+    /// [`crate::disk::DEFAULT_MIN_FREE_BYTES`].
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        if let Ok(shared) = self.shared() {
+            shared.disk.set_min_free(bytes);
+        }
+    }
+
+    /// `Ok` if there is room on the disk for a write, [`StoreError::StorageFull`] if not.
+    /// A closed store has nothing to guard: the write then fails as any write to a node
+    /// that has shut down.
+    pub fn check_free_space(&self) -> Result<(), StoreError> {
+        match self.shared.upgrade() {
+            Some(shared) => shared.disk.check(),
+            None => Ok(()),
+        }
     }
 
     /// The id of the last entry applied to the state.

@@ -23,6 +23,7 @@ pub fn config(dir: &Path) -> NodeConfig {
         },
         cluster_id: None,
         snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
+        min_free_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
     }
 }

@@ -162,13 +162,15 @@ where Rec: Decode + 'static
         let f = Self::open_chunk_file(&config, chunk_id)?;
         let arc_f = Arc::new(f);
         let file_size = arc_f.metadata()?.len();
-        let it = Self::load_records_iter(&config, arc_f.clone(), chunk_id)?;
+        // Corvid patch: the iterator is kept to ask where a bad record's
+        // decoding stopped (`handle_record_error`).
+        let mut it = Self::record_iterator(&config, arc_f.clone(), chunk_id)?;
 
         let mut record_offsets = vec![chunk_id.offset()];
         let mut records = Vec::new();
         let mut truncate = false;
 
-        for res in it {
+        while let Some(res) = it.next() {
             match res {
                 Ok((seg, record)) => {
                     record_offsets.push(chunk_id.offset() + seg.end().0);
@@ -180,6 +182,7 @@ where Rec: Decode + 'static
                         io_err,
                         arc_f.clone(),
                         global_offset,
+                        it.offset(),
                         chunk_id,
                         &config,
                         allow_truncate,
@@ -212,10 +215,14 @@ where Rec: Decode + 'static
     ///
     /// Returns `Ok(true)` if the file should be truncated at the error
     /// position. Returns `Err` if the error is unrecoverable.
+    ///
+    /// `read_end` is the offset in the file where decoding the bad record
+    /// stopped (Corvid patch, see [`Self::is_torn_record`]).
     fn handle_record_error(
         io_err: io::Error,
         file: Arc<File>,
         global_offset: u64,
+        read_end: u64,
         chunk_id: ChunkId,
         config: &Config,
         allow_truncate: bool,
@@ -232,14 +239,29 @@ where Rec: Decode + 'static
         // trailing zeros too (EXT4 `data=writeback` can leave them), but
         // truncated them only where incomplete records may be cut.
         let eof = io_err.kind() == io::ErrorKind::UnexpectedEof;
+        let record_start = global_offset - chunk_id.offset();
         let zero_tail = !eof
             && Self::verify_trailing_zeros(
-                file,
-                global_offset - chunk_id.offset(),
+                file.clone(),
+                record_start,
                 chunk_id,
             )?;
         if zero_tail && allow_truncate {
             debug!("End of records {at}, zeros after it; truncating");
+            return Ok(true);
+        }
+
+        // Corvid patch: a record torn by a crash while it was being written.
+        // Its write was never followed by a completed fsync, so nobody was
+        // told it is durable, and cutting it loses nothing acknowledged.
+        if !eof
+            && allow_truncate
+            && Self::is_torn_record(&file, record_start, read_end)?
+        {
+            warn!(
+                "Torn record {at} (written up to a page boundary, zeros after \
+                 it): a write cut short by a crash; truncating"
+            );
             return Ok(true);
         }
 
@@ -261,10 +283,81 @@ where Rec: Decode + 'static
 
         if zero_tail {
             error!("Trailing zeros {at} in a chunk that is not the last");
-        } else {
-            error!("Damaged record({}) {at}", io_err);
+            return Err(io_err);
         }
-        Err(io_err)
+        error!("Damaged record({}) {at}", io_err);
+        // Corvid patch: say plainly why opening stops, with the file to look
+        // at: this is not what a crash leaves behind.
+        Err(io::Error::new(
+            io_err.kind(),
+            format!(
+                "damaged record {at} of {}: not a write cut short by a crash \
+                 (data follows it, or it is not the last chunk); refusing to \
+                 open a corrupt log: {io_err}",
+                config.chunk_path(chunk_id)
+            ),
+        ))
+    }
+
+    /// Whether the bad record at `record_start`, whose decoding stopped at
+    /// `read_end`, is a write cut short by a crash (Corvid patch).
+    ///
+    /// Chunks are sized up front, so a crash in the middle of writing a record
+    /// does not leave a short file: the record's header and the first part of
+    /// its payload are there and the rest reads as zeros. The kernel copies a
+    /// write into the page cache a page at a time and stops between pages
+    /// when the process is killed, so what reached the file is a prefix of the
+    /// write ending on a page boundary. Decoding such a record fails only
+    /// after it has read past that boundary (every byte before it is right).
+    /// So the record is torn when everything from some page boundary before
+    /// `read_end` to the end of the file is zero. A damaged record (a flipped
+    /// bit, or data after it) does not look like that and stays an error.
+    pub(crate) fn is_torn_record(
+        file: &Arc<File>,
+        record_start: u64,
+        read_end: u64,
+    ) -> Result<bool, io::Error> {
+        const PAGE: u64 = 4096;
+        let file_size = file.metadata()?.len();
+        if read_end <= record_start || read_end > file_size {
+            return Ok(false);
+        }
+        if !Self::is_zero(file, read_end, file_size)? {
+            return Ok(false);
+        }
+        let Some(last_non_zero) =
+            Self::last_non_zero(file, record_start, read_end)?
+        else {
+            return Ok(false);
+        };
+        let page_end = (last_non_zero / PAGE + 1) * PAGE;
+        Ok(page_end < read_end)
+    }
+
+    /// Whether the bytes of `file` in `start..end` are all zeros.
+    fn is_zero(file: &File, start: u64, end: u64) -> Result<bool, io::Error> {
+        Ok(Self::last_non_zero(file, start, end)?.is_none())
+    }
+
+    /// The offset of the last non-zero byte of `file` in `start..end`.
+    fn last_non_zero(
+        file: &File,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<u64>, io::Error> {
+        const READ_SIZE: u64 = 1 << 20;
+        let mut buffer = vec![0u8; READ_SIZE as usize];
+        let mut last = None;
+        let mut offset = start;
+        while offset < end {
+            let len = READ_SIZE.min(end - offset) as usize;
+            file.read_exact_at(&mut buffer[..len], offset)?;
+            if let Some(i) = buffer[..len].iter().rposition(|b| *b != 0) {
+                last = Some(offset + i as u64);
+            }
+            offset += len as u64;
+        }
+        Ok(last)
     }
 
     /// Checks if a file contains only zero bytes from a specified offset to the
@@ -373,6 +466,16 @@ where Rec: Decode + 'static
         impl Iterator<Item = Result<(Segment, Rec), io::Error>> + '_,
         io::Error,
     > {
+        Self::record_iterator(config, f, chunk_id)
+    }
+
+    /// The iterator behind [`Self::load_records_iter`], which also tells how
+    /// far it read (Corvid patch).
+    pub(crate) fn record_iterator(
+        config: &Config,
+        f: Arc<File>,
+        chunk_id: ChunkId,
+    ) -> Result<RecordIterator<io::BufReader<Arc<File>>, Rec>, io::Error> {
         let file_size = f
             .metadata()
             .context(|| format!("get file size of {chunk_id}"))?
@@ -509,6 +612,7 @@ mod tests {
             err,
             file.clone(),
             0,
+            0,
             ChunkId(0),
             &config(true),
             true,
@@ -518,6 +622,7 @@ mod tests {
         let got = Chunk::<String>::handle_record_error(
             err,
             file,
+            0,
             0,
             ChunkId(0),
             &config(false),
@@ -538,6 +643,7 @@ mod tests {
             err,
             file.clone(),
             0,
+            0,
             ChunkId(0),
             &config(true),
             true,
@@ -550,6 +656,7 @@ mod tests {
             err,
             file.clone(),
             0,
+            0,
             ChunkId(0),
             &config(false),
             true,
@@ -560,6 +667,7 @@ mod tests {
         let got = Chunk::<String>::handle_record_error(
             err,
             file,
+            0,
             0,
             ChunkId(0),
             &config(true),
@@ -580,6 +688,7 @@ mod tests {
         let got = Chunk::<String>::handle_record_error(
             err,
             file,
+            0,
             0,
             ChunkId(0),
             &config(true),

@@ -93,8 +93,8 @@ where Rec: Encode
         chunk_id: ChunkId,
     ) -> Result<Arc<File>, io::Error> {
         let path = config.chunk_path(chunk_id);
-        // Corvid patch: the file is given its full size up front (sparse, its
-        // tail reads as zeros) and written in place, at the cursor, which only
+        // Corvid patch: the file is given its full size up front (its tail
+        // reads as zeros) and written in place, at the cursor, which only
         // the first record's write and then the flush worker move; reads are
         // positional. An fdatasync then flushes the data alone, where after an
         // append it must also commit the file's new length (on ext4 a journal
@@ -105,8 +105,17 @@ where Rec: Encode
             .write(true)
             .read(true)
             .create_new(true)
-            .open(path)?;
-        f.set_len(config.chunk_max_size() as u64)?;
+            .open(&path)?;
+        // Corvid patch: the space is reserved (`fallocate`), not left sparse,
+        // so that a full disk fails here, where the chunk is created, and
+        // never in the middle of writing a record into it. A chunk that could
+        // not be given its space is removed again (recovery would remove it
+        // anyway: it has no first record).
+        if let Err(e) = Self::reserve(&f, config.chunk_max_size() as u64) {
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         f.sync_all()?;
 
         // Commit the new file name before any of its records can be
@@ -114,6 +123,26 @@ where Rec: Encode
         config.sync_dir()?;
 
         Ok(Arc::new(f))
+    }
+
+    /// Reserves `len` bytes of disk for `f` and sets its length (Corvid
+    /// patch). `posix_fallocate` returns its error instead of setting `errno`
+    /// (which `fs2`'s `allocate` reads, reporting ENOSPC as "Success"), and
+    /// refuses a zero length.
+    fn reserve(f: &File, len: u64) -> Result<(), io::Error> {
+        use std::os::unix::io::AsRawFd;
+
+        if len == 0 {
+            return Ok(());
+        }
+        let len = libc::off_t::try_from(len)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `f` is an open file descriptor for the whole call.
+        let ret = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };
+        if ret != 0 {
+            return Err(io::Error::from_raw_os_error(ret));
+        }
+        Ok(())
     }
 
     pub(crate) fn append_record(

@@ -28,6 +28,15 @@ where R: io::Read
             _p: Default::default(),
         }
     }
+
+    /// Returns how many bytes of the chunk the records read so far took.
+    ///
+    /// Corvid patch: after an error, this is where the decoder stopped reading
+    /// the bad record, which recovery needs to tell a torn write (the rest of
+    /// the record is zeros) from a damaged record.
+    pub(crate) fn offset(&self) -> u64 {
+        self.r.offset() as u64
+    }
 }
 
 impl<R, Rec> Iterator for RecordIterator<R, Rec>

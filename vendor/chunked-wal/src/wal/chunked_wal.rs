@@ -322,13 +322,13 @@ where W: WalTypes
         let file = Chunk::<WALRecord<W>>::open_chunk_file(config, chunk_id)?;
         let file = Arc::new(file);
 
-        let first = {
-            let mut records = Chunk::<WALRecord<W>>::load_records_iter(
+        let (first, read_end) = {
+            let mut records = Chunk::<WALRecord<W>>::record_iterator(
                 config,
                 file.clone(),
                 chunk_id,
             )?;
-            records.next()
+            (records.next(), records.offset())
         };
 
         let Some(first) = first else {
@@ -350,9 +350,20 @@ where W: WalTypes
         // only zeros. Decoding zeros fails with something other than
         // `UnexpectedEof`, yet the chunk is as unwritten as a short one.
         let all_zero =
-            Chunk::<WALRecord<W>>::verify_trailing_zeros(file, 0, chunk_id)?;
+            Chunk::<WALRecord<W>>::verify_trailing_zeros(
+                file.clone(),
+                0,
+                chunk_id,
+            )?;
 
         if all_zero {
+            return Ok(false);
+        }
+
+        // Corvid patch: the first record cut short by a crash while it was
+        // written (see `Chunk::is_torn_record`): nothing after it was written,
+        // so the chunk is as unwritten as an empty one.
+        if Chunk::<WALRecord<W>>::is_torn_record(&file, 0, read_end)? {
             return Ok(false);
         }
 

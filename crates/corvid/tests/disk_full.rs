@@ -1,0 +1,199 @@
+//! A full disk: writes are refused with `storage_full` while reads are still served, writes
+//! resume by themselves once space is freed, and after a crash the server starts without
+//! repair with every acknowledged message. The data directory is on a small tmpfs of the
+//! test's own, so the real disk is never filled; mounting it needs root. Without root the
+//! test says loudly that it could not run, and fails where `CI` is set.
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, Transport, PASSWORD};
+use corvid_client::{Client, ClientConfig, ClientError};
+use corvid_core::{ErrorCode, Token};
+
+/// The test filesystem: room for the log's first chunk (32 MiB, reserved whole), the state,
+/// and a filler file.
+const FS_SIZE: &str = "96m";
+/// The server's `min_free_disk_bytes`: the least allowed.
+const MIN_FREE: u64 = 40 << 20;
+/// Free space left by the filler: less than `MIN_FREE`, but room for what is in flight.
+const LEFT_FREE: u64 = 16 << 20;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A tmpfs mounted on a directory, unmounted when dropped (also when the test fails).
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(dir: &Path) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={FS_SIZE}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs failed: {status}");
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(&self.0).status();
+        if !unmounted.is_ok_and(|s| s.success()) {
+            // Still in use (a server that outlived a failed test): detach it anyway.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+#[test]
+fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
+    if !is_root() {
+        eprintln!(
+            "\n!!! a_full_disk_refuses_writes_serves_reads_and_recovers could NOT run: \
+             mounting its small filesystem needs root !!!\n"
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the disk-full test must run in CI: run the tests as root"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&dir.path().join("fs"));
+    let config = dir.path().join("corvid.toml");
+    std::fs::write(
+        &config,
+        format!("[limits]\nmin_free_disk_bytes = {MIN_FREE}\n"),
+    )
+    .unwrap();
+    scenario(&mount.0, &config);
+    drop(mount);
+}
+
+async fn client(server: &Server) -> Client {
+    let mut config = ClientConfig::new(&[server.address(Transport::Wire).to_string()]);
+    config.max_attempts = 1;
+    config.request_timeout = Duration::from_secs(5);
+    Client::connect_with(config).await.expect("connect")
+}
+
+fn code(result: &Result<impl Sized, ClientError>) -> Option<ErrorCode> {
+    match result {
+        Err(ClientError::Api(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// Every text bob can read from alice, oldest first.
+async fn stored(conn: &Client, bob: Token) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut before = None;
+    loop {
+        let page = conn.history(bob, "alice", before, Some(100)).await.unwrap();
+        texts.splice(0..0, page.messages.iter().map(|m| m.text.clone()));
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => return texts,
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario(fs: &Path, config: &Path) {
+    let data = fs.join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let mut server = Server::start_with(&data, &args, &[]);
+    let conn = client(&server).await;
+    for name in ["alice", "bob"] {
+        conn.create_account(name, "", PASSWORD).await.unwrap();
+    }
+    let alice = conn.login("alice", PASSWORD).await.unwrap().token;
+    let bob = conn.login("bob", PASSWORD).await.unwrap().token;
+    let mut acked = Vec::new();
+    let mut next = 0u64;
+    let mut send = |conn: &Client| {
+        next += 1;
+        let (conn, text) = (conn.clone(), format!("message {next}"));
+        async move {
+            let result = conn.send(alice, "bob", &text, next).await;
+            (text, result)
+        }
+    };
+    for _ in 0..20 {
+        let (text, result) = send(&conn).await;
+        result.unwrap();
+        acked.push(text);
+    }
+
+    // Fill the filesystem until less than `MIN_FREE` is left.
+    let available = fs2::available_space(fs).unwrap();
+    assert!(available > MIN_FREE, "{available} bytes free at the start");
+    let filler = fs.join("filler");
+    let file = std::fs::File::create(&filler).unwrap();
+    fs2::FileExt::allocate(&file, available - LEFT_FREE).unwrap();
+    drop(file);
+
+    // Writes are refused with storage_full (a send racing the fill may still land).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (text, result) = send(&conn).await;
+        match code(&result) {
+            Some(ErrorCode::StorageFull) => break,
+            _ if result.is_ok() => acked.push(text),
+            _ => panic!("a send on a full disk: {result:?}"),
+        }
+        assert!(Instant::now() < deadline, "writes were never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, refused) = send(&conn).await;
+    assert_eq!(code(&refused), Some(ErrorCode::StorageFull), "{refused:?}");
+    let refused = conn.login("alice", PASSWORD).await;
+    assert_eq!(code(&refused), Some(ErrorCode::StorageFull), "{refused:?}");
+    // Reads go on.
+    assert_eq!(stored(&conn, bob).await, acked);
+    let unread = conn.fetch_unread(bob, Some(100)).await.unwrap();
+    assert_eq!(unread.len(), acked.len());
+
+    // Once space is freed, writes resume by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (text, result) = send(&conn).await;
+        match code(&result) {
+            None => {
+                result.unwrap();
+                acked.push(text);
+                break;
+            }
+            Some(ErrorCode::StorageFull) => {}
+            _ => panic!("a send after freeing space: {result:?}"),
+        }
+        assert!(Instant::now() < deadline, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let (text, result) = send(&conn).await;
+        result.unwrap();
+        acked.push(text);
+    }
+
+    // A crash, and a start that needs no repair, with every acknowledged message.
+    drop(conn);
+    server.kill();
+    let server = Server::start_with(&data, &args, &[]);
+    let conn = client(&server).await;
+    let bob = conn.login("bob", PASSWORD).await.unwrap().token;
+    assert_eq!(stored(&conn, bob).await, acked);
+}
