@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use governor::Quota;
 
@@ -349,6 +348,7 @@ impl Config {
             l.write_timeout_secs,
             l.shutdown_grace_secs,
             l.grpc_idle_timeout_secs,
+            l.grpc_body_timeout_secs,
         ];
         if deadlines
             .iter()
@@ -362,8 +362,13 @@ impl Config {
         if l.max_subscriptions_per_account == 0 || l.max_subscriptions_per_connection == 0 {
             return fail("limits.max_subscriptions_per_* must be positive");
         }
-        if l.grpc_max_streams == 0 || l.grpc_body_timeout_secs == 0 {
-            return fail("limits.grpc_max_streams and the gRPC timeouts must be positive");
+        // A gRPC Subscribe stream holds one of its connection's calls in flight for as long
+        // as it lives: a connection full of streams must still have room for other calls.
+        if l.max_subscriptions_per_connection >= l.max_in_flight {
+            return fail("limits.max_subscriptions_per_connection must be below max_in_flight");
+        }
+        if l.grpc_max_streams == 0 {
+            return fail("limits.grpc_max_streams must be positive");
         }
         if l.grpc_request_buffer_bytes < l.max_frame_bytes.saturating_add(65_536)
             || l.grpc_request_buffer_bytes > u32::MAX as usize
@@ -394,10 +399,6 @@ impl Config {
             max_lifetime_ms: self.sessions.max_lifetime_secs.saturating_mul(1000),
             single_session: self.sessions.single_session,
         }
-    }
-
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.limits.handshake_timeout_secs)
     }
 }
 

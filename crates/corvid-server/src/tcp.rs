@@ -179,7 +179,13 @@ async fn serve_connection(
             frame_deadline = None;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            // Shutting down: read no more requests and end the subscription, but write the
+            // answers owed (a send may be durable already); the server's grace period and
+            // then `close_all` bound how long that may take.
+            _ = shutdown.cancelled(), if reading || subscription.is_some() => {
+                reading = false;
+                subscription = None;
+            }
             frame = next_frame(&mut input, &mut frame_deadline, frame_timeout), if may_read => {
                 let Some(frame) = frame else {
                     tracing::debug!("closing a connection that sent part of a frame and stopped");

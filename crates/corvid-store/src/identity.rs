@@ -8,6 +8,10 @@
 //! * **2** — members are Corvid's [`Member`](crate::Member) record, which also reads version
 //!   1's members (see `member`), so a version 1 directory is upgraded by recording the
 //!   version, nothing else. The cluster id is recorded once the node is initialized.
+//!   Message, account and session records may be checksummed (`corvid_core::records`; a
+//!   version 1 record still reads), and deleted accounts' names are kept in the
+//!   `former_username` table (created at open when missing). A server older than version 2
+//!   must not open such a directory: it would misread checksummed records.
 //!
 //! A server refuses a directory whose version is newer than [`FORMAT_VERSION`], with one
 //! clear error, rather than misread it.

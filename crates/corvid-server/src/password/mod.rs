@@ -105,8 +105,10 @@ impl Passwords {
     }
 }
 
-/// A password check the throttle admitted. Dropped before [`Attempt::verify`] decided
-/// it (an error on the way), it gives its tokens back.
+/// A password check the throttle admitted. Dropped before [`Attempt::verify`] handed it
+/// to the pool (an error on the way), it gives its tokens back; once handed over it counts,
+/// even if the caller goes away before the answer (a cancelled call must not be a free
+/// guess: the pool checks the password all the same).
 pub struct Attempt<'a> {
     passwords: &'a Passwords,
     keys: AttemptKeys,
@@ -120,19 +122,26 @@ impl Attempt<'_> {
     pub async fn verify(mut self, password: String, phc: Option<String>) -> Result<bool, ApiError> {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.passwords.dummy_hash.clone());
-        let matches = self
+        // From here the attempt counts, whether or not its caller waits for the answer.
+        self.decided = true;
+        let checked = self
             .passwords
             .pool
             .run(move |hasher| hasher.verify(&password, &phc))
-            .await
-            .map_err(pool_error)?
-            && known;
+            .await;
         let mut throttle = self.passwords.lock_throttle();
+        let matches = match checked {
+            Ok(matches) => matches && known,
+            Err(err) => {
+                // The pool never checked it (full queue, or stopped): not a failure.
+                throttle.undecided(&self.keys, Instant::now());
+                return Err(pool_error(err));
+            }
+        };
         if matches {
             throttle.succeeded(&self.keys, Instant::now());
         }
         // A failure keeps the tokens the attempt took when it was admitted.
-        self.decided = true;
         Ok(matches)
     }
 }
@@ -165,5 +174,47 @@ fn too_many_attempts(wait: Duration) -> ApiError {
         code: ErrorCode::TooManyAttempts,
         detail: seconds,
         message: format!("too many failed logins; wait {seconds} s before trying again"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passwords(user_address_burst: u32) -> Passwords {
+        Passwords::new(&Login {
+            hash_threads: 1,
+            user_address_burst,
+            ..Login::default()
+        })
+        .unwrap()
+    }
+
+    /// A caller that goes away once its check is queued (a reset stream, a closed
+    /// connection) has still spent a guess: the pool checks the password all the same.
+    #[tokio::test]
+    async fn a_cancelled_check_counts_against_the_throttle() {
+        let passwords = passwords(2);
+        let origin = Origin::from(std::net::SocketAddr::from(([192, 0, 2, 1], 4000)));
+        let phc = passwords.hash("right password".into()).await.unwrap();
+        for _ in 0..2 {
+            let attempt = passwords.attempt(origin, "alice").unwrap();
+            let check = attempt.verify("wrong password".into(), Some(phc.clone()));
+            // Polled once (handed to the pool), then dropped.
+            let _ = futures::FutureExt::now_or_never(Box::pin(check));
+        }
+        let refused = passwords.attempt(origin, "alice").err().expect("throttled");
+        assert_eq!(refused.code, ErrorCode::TooManyAttempts);
+    }
+
+    /// An attempt dropped before it reached the pool (an error on the way) is no guess.
+    #[tokio::test]
+    async fn an_attempt_never_checked_gives_its_tokens_back() {
+        let passwords = passwords(1);
+        let origin = Origin::from(std::net::SocketAddr::from(([192, 0, 2, 2], 4000)));
+        for _ in 0..3 {
+            drop(passwords.attempt(origin, "alice").unwrap());
+        }
+        assert!(passwords.attempt(origin, "alice").is_ok());
     }
 }
