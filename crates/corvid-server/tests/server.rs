@@ -920,27 +920,10 @@ async fn a_subscriber_that_never_reads_is_dropped_and_does_not_hold_up_shutdown(
     })
     .await;
     let ((mut alice, alice_token), (_bob, bob_token)) = alice_and_bob(&server).await;
-    // Bob subscribes from a connection that then reads nothing, with a small receive
-    // buffer so that the server's writes back up soon.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.wire_addr()).await.unwrap();
-    let mut stuck = Conn::open_on(stream).await;
-    stuck.subscribe(bob_token).await;
+    // Bob subscribes from a connection that then reads nothing.
+    let _stuck = subscriber_that_never_reads(&server, bob_token).await;
     let text = "x".repeat(64 * 1024);
-    for _ in 0..200 {
-        alice
-            .send_request(Request::Send {
-                token: alice_token,
-                to: "bob".into(),
-                text: text.clone(),
-                client_id: 0,
-            })
-            .await;
-    }
-    for _ in 0..200 {
-        assert!(matches!(alice.answer().await, Frame::Response { .. }));
-    }
+    send_pipelined(&mut alice, alice_token, &text, 200).await;
     // Its queue overflowed: the hub dropped it, and its connection goes once the write
     // deadline passes.
     eventually("the stuck subscriber dropped", || {
@@ -954,24 +937,8 @@ async fn a_subscriber_that_never_reads_is_dropped_and_does_not_hold_up_shutdown(
     assert_eq!(alice.call(Request::Ping).await, Ok(Response::Pong));
 
     // A second one that stops reading is still open when the server shuts down.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.wire_addr()).await.unwrap();
-    let mut stuck = Conn::open_on(stream).await;
-    stuck.subscribe(bob_token).await;
-    for _ in 0..100 {
-        alice
-            .send_request(Request::Send {
-                token: alice_token,
-                to: "bob".into(),
-                text: text.clone(),
-                client_id: 0,
-            })
-            .await;
-    }
-    for _ in 0..100 {
-        assert!(matches!(alice.answer().await, Frame::Response { .. }));
-    }
+    let _stuck = subscriber_that_never_reads(&server, bob_token).await;
+    send_pipelined(&mut alice, alice_token, &text, 100).await;
     tokio::time::timeout(WAIT, server.shutdown())
         .await
         .expect("shutdown is bounded whatever clients do")
@@ -1033,4 +1000,32 @@ async fn an_account_holds_a_bounded_number_of_subscriptions() {
     .await;
     third.subscribe(bob_token).await;
     server.shutdown().await.unwrap();
+}
+
+/// A connection subscribed as `token` that then reads nothing, with a small receive buffer
+/// so that the server's writes to it back up soon.
+async fn subscriber_that_never_reads(server: &RunningServer, token: Token) -> Conn {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.wire_addr()).await.unwrap();
+    let mut stuck = Conn::open_on(stream).await;
+    stuck.subscribe(token).await;
+    stuck
+}
+
+/// Sends `count` messages of `text` to bob, all pipelined, then takes every answer.
+async fn send_pipelined(sender: &mut Conn, token: Token, text: &str, count: usize) {
+    for _ in 0..count {
+        sender
+            .send_request(Request::Send {
+                token,
+                to: "bob".into(),
+                text: text.to_string(),
+                client_id: 0,
+            })
+            .await;
+    }
+    for _ in 0..count {
+        assert!(matches!(sender.answer().await, Frame::Response { .. }));
+    }
 }
