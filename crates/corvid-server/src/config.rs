@@ -489,6 +489,24 @@ mod optional_address {
 mod tests {
     use super::*;
 
+    /// The README's configuration block is the reference people copy: every value in it
+    /// must be the default, and every name a setting.
+    #[test]
+    fn the_readme_configuration_block_is_the_default() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("the README has a Configuration section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the Configuration section has a toml block");
+        let config = Config::from_toml(block).expect("the README's block parses");
+        assert_eq!(config, Config::default());
+    }
+
     #[test]
     fn an_empty_file_is_the_default_and_valid() {
         let config = Config::from_toml("").unwrap();
