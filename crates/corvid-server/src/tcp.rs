@@ -43,8 +43,17 @@ enum Reply {
         id: u32,
         subscription: Box<Subscription>,
     },
+    /// A subscribe that failed: its error frame.
+    SubscribeRefused(Frame),
     /// Write this frame, then close the connection (framing was lost).
     Close(Frame),
+}
+
+impl Reply {
+    /// Whether this answers a `Subscribe`.
+    fn answers_subscribe(&self) -> bool {
+        matches!(self, Reply::Subscribed { .. } | Reply::SubscribeRefused(_))
+    }
 }
 
 type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -168,12 +177,17 @@ async fn serve_connection(
     let frame_timeout = Duration::from_secs(limits.frame_timeout_secs);
     let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let mut subscription: Option<Box<Subscription>> = None;
+    // A subscribe is being served (read, not yet answered).
+    let mut subscribing = false;
     let mut reading = true;
     // Set while a frame has begun to arrive: when it must be complete.
     let mut frame_deadline: Option<Pin<Box<Sleep>>> = None;
 
     loop {
-        let may_read = reading && pending.len() < limits.max_in_flight;
+        // While a subscribe is being served nothing more is read: a second one would
+        // register before the first is answered (and so replaced), and count twice against
+        // the account's subscriptions.
+        let may_read = reading && !subscribing && pending.len() < limits.max_in_flight;
         if !may_read {
             // Reading paused for answers owed does not count against the client.
             frame_deadline = None;
@@ -207,6 +221,7 @@ async fn serve_connection(
                                 // end the first now, so that it does not count against the
                                 // account's subscriptions while the second starts.
                                 subscription = None;
+                                subscribing = true;
                             }
                             pending.push_back(serve_request(service, peer, id, request));
                         }
@@ -226,11 +241,13 @@ async fn serve_connection(
                 }
             }
             Some(reply) = pending.next() => {
+                subscribing &= !reply.answers_subscribe();
                 if !write_reply(reply, &mut output, &mut subscription, &state).await? {
                     break;
                 }
                 // Answers that are ready too go out in the same write.
                 while let Some(Some(reply)) = pending.next().now_or_never() {
+                    subscribing &= !reply.answers_subscribe();
                     if !write_reply(reply, &mut output, &mut subscription, &state).await? {
                         return Ok(SinkExt::<Frame>::flush(&mut output).await?);
                     }
@@ -333,6 +350,7 @@ where
             // A second subscribe on one connection replaces the first.
             *subscription = Some(new);
         }
+        Reply::SubscribeRefused(frame) => feed(output, frame).await?,
         Reply::Close(frame) => {
             feed(output, frame).await?;
             return Ok(false);
@@ -371,7 +389,7 @@ fn serve_request(
                     id,
                     subscription: Box::new(subscription),
                 },
-                Err(error) => error_frame(id, error),
+                Err(error) => Reply::SubscribeRefused(Frame::Error { id, error }),
             },
             request => match service.handle_from(peer.into(), request).await {
                 Ok(response) => Reply::Frame(Frame::Response { id, response }),

@@ -1029,3 +1029,37 @@ async fn send_pipelined(sender: &mut Conn, token: Token, text: &str, count: usiz
         assert!(matches!(sender.answer().await, Frame::Response { .. }));
     }
 }
+
+/// Subscribes pipelined on one connection replace each other one by one: at no moment do
+/// two of them count against the account, so even at a cap of one every one succeeds.
+#[tokio::test]
+async fn pipelined_subscribes_replace_each_other_without_counting_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| c.limits.max_subscriptions_per_account = 1).await;
+    let (_, (mut bob, bob_token)) = alice_and_bob(&server).await;
+    let subscribe = Request::Subscribe {
+        token: bob_token,
+        from: SubscribeFrom::Now,
+    };
+    for _ in 0..20 {
+        bob.send_request(subscribe.clone()).await;
+    }
+    for round in 0..20 {
+        let answer = bob.answer().await;
+        assert!(
+            matches!(
+                answer,
+                Frame::Response {
+                    response: Response::Subscribed { .. },
+                    ..
+                }
+            ),
+            "subscribe {round} of 20: {answer:?}"
+        );
+    }
+    eventually("one live subscription", || {
+        server.service().hub().subscribers() == 1
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}
