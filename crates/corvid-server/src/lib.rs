@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// End older sessions of an account when it logs in again.
     #[arg(long)]
     pub single_session: bool,
+    /// Run as this member of the configuration's `[cluster]`: its addresses and data
+    /// directory become this server's (flags still override them).
+    #[arg(long)]
+    pub id: Option<u64>,
 }
 
 impl ServeArgs {
@@ -61,6 +65,9 @@ impl ServeArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        if let Some(id) = self.id {
+            config = config.as_member(id)?;
+        }
         if let Some(data) = &self.data {
             config.data_dir = data.clone();
         }
