@@ -233,6 +233,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
         snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
         min_free_bytes: config.limits.min_free_disk_bytes,
+        peers: corvid_raft::Peers::none(),
+        timing: corvid_raft::RaftTiming::SINGLE_SERVER,
+        max_append_bytes: 1 << 20,
     };
     let node = corvid_raft::Node::open(node_config, effects)
         .await
