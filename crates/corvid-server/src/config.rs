@@ -14,6 +14,8 @@ use corvid_core::SessionPolicy;
 pub const DEFAULT_PORT: u16 = 7070;
 /// The default port of gRPC.
 pub const DEFAULT_GRPC_PORT: u16 = corvid_grpc::DEFAULT_PORT;
+/// The default port of the HTTP listener (the web UI and its WebSocket API).
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// Everything `corvid serve` can be told. Field docs are the reference for the TOML file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,10 @@ pub struct Config {
     /// Address of the gRPC listener, or `"off"` for no gRPC. Port 0 picks a free port.
     #[serde(with = "optional_address")]
     pub grpc_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener (the web UI at `/`, its WebSocket API at `/api/ws`),
+    /// or `"off"` for none. Port 0 picks a free port.
+    #[serde(with = "optional_address")]
+    pub http_listen: Option<SocketAddr>,
     /// Threads of the async runtime, which serves connections and runs Raft. 0 (the
     /// default) means one fewer than the machine's cores, at least one: the state machine
     /// applies on a thread of its own, and the log fsyncs on another.
@@ -227,6 +233,7 @@ impl Default for Config {
             data_dir: PathBuf::from("corvid-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_GRPC_PORT))),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
             worker_threads: 0,
             limits: Limits::default(),
             sessions: Sessions::default(),
@@ -301,7 +308,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults with data in `data_dir` and both listeners on free loopback ports: what a
+    /// Defaults with data in `data_dir` and every listener on a free loopback port: what a
     /// test or a benchmark that runs several servers side by side wants.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -309,6 +316,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen: any_port,
             grpc_listen: Some(any_port),
+            http_listen: Some(any_port),
             ..Config::default()
         }
     }
@@ -792,6 +800,20 @@ mod tests {
         assert!(Config::from_toml("grpc_listen = \"nowhere\"").is_err());
         let text = toml::to_string(&config).unwrap();
         assert_eq!(Config::from_toml(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn the_web_listener_is_on_loopback_by_default_and_can_be_moved_or_switched_off() {
+        let http = Config::default()
+            .http_listen
+            .expect("HTTP is on by default");
+        assert_eq!(http.port(), DEFAULT_HTTP_PORT);
+        assert!(http.ip().is_loopback());
+        let config = Config::from_toml("http_listen = \"0.0.0.0:9080\"").unwrap();
+        assert_eq!(config.http_listen, Some("0.0.0.0:9080".parse().unwrap()));
+        let config = Config::from_toml("http_listen = \"off\"").unwrap();
+        assert_eq!(config.http_listen, None);
+        assert!(Config::from_toml("http_listen = \"web\"").is_err());
     }
 
     #[test]
