@@ -509,6 +509,11 @@ pub struct Cluster {
     /// Which member this server is: set by `corvid serve --id`, never in the file.
     #[serde(skip)]
     pub serve_as: Option<u64>,
+    /// Set by `corvid serve --join`: this server is to be added to a running cluster
+    /// (`corvid cluster add`), so a new data directory waits for the cluster rather than
+    /// forming it.
+    #[serde(skip)]
+    pub join: bool,
 }
 
 /// One server of `[cluster]`.
