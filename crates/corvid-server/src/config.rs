@@ -508,8 +508,9 @@ pub struct Cluster {
     /// Milliseconds between a leader's heartbeats.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
-    /// A follower that has heard no leader for a random time between this and
-    /// `election_timeout_max_ms` milliseconds stands for election.
+    /// A follower that has heard no leader for `election_timeout_max_ms` (openraft's leader
+    /// lease) plus a random time between this and `election_timeout_max_ms` milliseconds
+    /// stands for election.
     #[serde(default = "default_election_timeout_min_ms")]
     pub election_timeout_min_ms: u64,
     /// See `election_timeout_min_ms`.
@@ -524,6 +525,11 @@ pub struct Cluster {
     /// Which member this server is: set by `corvid serve --id`, never in the file.
     #[serde(skip)]
     pub serve_as: Option<u64>,
+    /// Set by `corvid serve --join`: this server is to be added to a running cluster
+    /// (`corvid cluster add`), so a new data directory waits for the cluster rather than
+    /// forming it.
+    #[serde(skip)]
+    pub join: bool,
 }
 
 /// One server of `[cluster]`.
@@ -552,14 +558,17 @@ pub struct ClusterMember {
     pub data: Option<PathBuf>,
 }
 
+// openraft 0.9 adds its leader lease (`election_timeout_max_ms`) to a follower's timeout,
+// so a follower stands after 450-600 ms of silence. Failover figures for these and slower
+// settings are in docs/benchmarks.md.
 fn default_heartbeat_ms() -> u64 {
-    100
+    50
 }
 fn default_election_timeout_min_ms() -> u64 {
-    400
+    150
 }
 fn default_election_timeout_max_ms() -> u64 {
-    700
+    300
 }
 fn default_max_append_bytes() -> u64 {
     1 << 20
@@ -934,7 +943,7 @@ wire = "127.0.0.1:7074"
         assert_eq!(three.data_dir, PathBuf::from("corvid-data"));
         let cluster = three.cluster.as_ref().unwrap();
         assert_eq!(cluster.this_member().unwrap().raft, "127.0.0.1:7172");
-        assert_eq!(cluster.heartbeat_ms, 100);
+        assert_eq!(cluster.heartbeat_ms, 50);
         // Every server of a cluster derives the same id from its name, and no other.
         assert_eq!(cluster.id(), two.cluster.as_ref().unwrap().id());
         let other = Config::from_toml(&CLUSTER.replace("example", "other")).unwrap();

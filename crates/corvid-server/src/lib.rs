@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// directory become this server's (flags still override them).
     #[arg(long)]
     pub id: Option<u64>,
+    /// With --id: this server is being added to a running cluster (`corvid cluster add`);
+    /// its new data directory waits to be sent the cluster instead of forming it.
+    #[arg(long, requires = "id")]
+    pub join: bool,
 }
 
 impl ServeArgs {
@@ -73,6 +77,9 @@ impl ServeArgs {
         };
         if let Some(id) = self.id {
             config = config.as_member(id)?;
+            if let Some(cluster) = &mut config.cluster {
+                cluster.join = self.join;
+            }
         }
         if let Some(data) = &self.data {
             config.data_dir = data.clone();
@@ -308,6 +315,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let initialized = async {
         if !node.is_initialized().await? {
             match &config.cluster {
+                // A server being added waits for the leader to send it the log.
+                Some(cluster) if cluster.join => {}
                 Some(cluster) => {
                     node.initialize(cluster::members(cluster)).await?;
                 }
