@@ -149,6 +149,24 @@ pub struct Applied {
     pub effects: Vec<Effect>,
 }
 
+impl Command {
+    /// The time its proposer stamped into the command. The state applies it at the later
+    /// of this and the greatest time already applied (see `apply`).
+    pub fn now(&self) -> Timestamp {
+        match self {
+            Command::CreateAccount { now, .. }
+            | Command::Login { now, .. }
+            | Command::Logout { now, .. }
+            | Command::DeleteAccount { now, .. }
+            | Command::Send { now, .. }
+            | Command::MarkRead { now, .. }
+            | Command::MarkDelivered { now, .. }
+            | Command::DeleteMessages { now, .. }
+            | Command::Touch { now, .. } => *now,
+        }
+    }
+}
+
 impl Applied {
     pub fn outcome(&self) -> &Outcome {
         self.outcome.as_ref().unwrap_or(&Outcome::Nothing)
