@@ -140,6 +140,11 @@ pub enum Effect {
         session: SessionKey,
         reason: EndReason,
     },
+    /// The whole state was replaced by a snapshot installed from another server. Never
+    /// produced by `apply`: the store emits it alone once the snapshot's state is committed.
+    /// The entries the snapshot covers were not applied here, so none of their effects were
+    /// emitted; each live subscription rereads what it may have missed.
+    StateReplaced,
 }
 
 /// The full result of applying one command.

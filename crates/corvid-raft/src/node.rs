@@ -328,6 +328,13 @@ impl Node {
         self.proposer.propose(command).await
     }
 
+    /// Changes the free space below which writes are refused (see
+    /// [`NodeConfig::min_free_bytes`]); tests raise it to see writes refused without
+    /// filling a disk.
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.reader.set_min_free_bytes(bytes);
+    }
+
     /// A linearizable read: confirms leadership with a quorum, waits until everything
     /// committed before the call is applied, then runs `f` on a read transaction.
     pub async fn read<R>(&self, f: impl FnOnce(&dyn Tables) -> R) -> Result<R, NodeError> {
