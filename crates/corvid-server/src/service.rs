@@ -14,9 +14,9 @@ use tokio::sync::Notify;
 
 use corvid_core::query::{self, QueryError};
 use corvid_core::{
-    validate, AccountId, ApiError, Command, EndReason, ErrorCode, Event, Message, MessageId,
-    Outcome, Pattern, Request, Response, SessionKey, SessionPolicy, SubscribeFrom, Timestamp,
-    Token,
+    validate, AccountId, ApiError, Command, EndReason, ErrorCode, Event, LeaderAddrs, Message,
+    MessageId, Outcome, Pattern, Request, Response, SessionKey, SessionPolicy, SubscribeFrom,
+    Timestamp, Token,
 };
 use corvid_raft::{Node, NodeError};
 
@@ -781,7 +781,13 @@ fn is_transient(err: &NodeError) -> bool {
 /// The one mapping of node faults to client errors.
 fn fault(err: NodeError) -> ApiError {
     match err {
-        NodeError::NotLeader { .. } => ErrorCode::NotLeader.into(),
+        // The client's next attempt goes to the leader, over whichever protocol it speaks.
+        NodeError::NotLeader { leader } => {
+            ApiError::not_leader(leader.map(|(_, member)| LeaderAddrs {
+                wire: member.client.wire,
+                grpc: member.client.grpc,
+            }))
+        }
         NodeError::Store(corvid_store::StoreError::StorageFull { .. }) => {
             ErrorCode::StorageFull.into()
         }
@@ -817,4 +823,35 @@ pub fn now() -> Timestamp {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corvid_store::{ClientAddrs, Member};
+
+    #[test]
+    fn not_leader_names_the_leaders_client_addresses() {
+        let leader = Member {
+            raft_addr: "10.0.0.2:7000".into(),
+            client: ClientAddrs {
+                wire: Some("10.0.0.2:7070".into()),
+                grpc: Some("10.0.0.2:7071".into()),
+                http: None,
+            },
+        };
+        let error = fault(NodeError::NotLeader {
+            leader: Some((2, leader)),
+        });
+        assert_eq!(error.code, ErrorCode::NotLeader);
+        assert_eq!(
+            error.leader,
+            Some(LeaderAddrs {
+                wire: Some("10.0.0.2:7070".into()),
+                grpc: Some("10.0.0.2:7071".into()),
+            })
+        );
+        let unknown = fault(NodeError::NotLeader { leader: None });
+        assert_eq!((unknown.code, unknown.leader), (ErrorCode::NotLeader, None));
+    }
 }
