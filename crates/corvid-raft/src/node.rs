@@ -369,6 +369,16 @@ impl Node {
     pub fn store_metrics(&self) -> StoreMetrics {
         self.reader.metrics()
     }
+
+    /// The store's fsync latency and entries-per-flush histograms.
+    pub fn store_histograms(&self) -> corvid_store::metrics::StoreHistogramSnapshots {
+        self.reader.histograms()
+    }
+
+    /// Whether the data directory's disk has room for writes (see [`corvid_store::disk`]).
+    pub fn check_free_space(&self) -> Result<(), NodeError> {
+        Ok(self.reader.check_free_space()?)
+    }
 }
 
 /// Triggers a snapshot each time the log holds `limit` bytes more than the least it held

@@ -14,6 +14,8 @@ use corvid_core::SessionPolicy;
 pub const DEFAULT_PORT: u16 = 7070;
 /// The default port of gRPC.
 pub const DEFAULT_GRPC_PORT: u16 = corvid_grpc::DEFAULT_PORT;
+/// The default port of the admin listener (metrics, health, status).
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
 
 /// Everything `corvid serve` can be told. Field docs are the reference for the TOML file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,11 @@ pub struct Config {
     /// Address of the gRPC listener, or `"off"` for no gRPC. Port 0 picks a free port.
     #[serde(with = "optional_address")]
     pub grpc_listen: Option<SocketAddr>,
+    /// Address of the admin HTTP listener (`/metrics` for Prometheus, `/healthz`,
+    /// `/readyz`, `/status`), or `"off"`, which also stops recording metrics. It has no
+    /// authentication: keep it on loopback or a private network. Port 0 picks a free port.
+    #[serde(with = "optional_address")]
+    pub admin_listen: Option<SocketAddr>,
     /// Threads of the async runtime, which serves connections and runs Raft. 0 (the
     /// default) means one fewer than the machine's cores, at least one: the state machine
     /// applies on a thread of its own, and the log fsyncs on another.
@@ -211,10 +218,12 @@ pub struct Log {
     pub level: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One line per event, for people.
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
@@ -224,6 +233,7 @@ impl Default for Config {
             data_dir: PathBuf::from("corvid-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_GRPC_PORT))),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
             worker_threads: 0,
             limits: Limits::default(),
             sessions: Sessions::default(),
@@ -297,7 +307,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults with data in `data_dir` and both listeners on free loopback ports: what a
+    /// Defaults with data in `data_dir` and every listener on a free loopback port: what a
     /// test or a benchmark that runs several servers side by side wants.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -305,6 +315,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen: any_port,
             grpc_listen: Some(any_port),
+            admin_listen: Some(any_port),
             ..Config::default()
         }
     }

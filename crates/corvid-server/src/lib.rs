@@ -4,10 +4,12 @@
 //! [`start`] assembles a running server from a [`Config`] (tests use it with port 0);
 //! [`run`] is `corvid serve`: flags over the config file, logs, signals.
 
+pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod grpc;
 pub mod hub;
+pub mod metrics;
 mod password;
 pub mod service;
 pub mod tcp;
@@ -43,6 +45,13 @@ pub struct ServeArgs {
     /// Address of the gRPC listener, or `off` [default: 127.0.0.1:7071].
     #[arg(long, value_name = "ADDR|off")]
     pub grpc_listen: Option<OptionalAddress>,
+    /// Address of the admin HTTP listener (metrics, health, status), or `off`, which also
+    /// stops recording metrics [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_listen: Option<OptionalAddress>,
+    /// Log format: `text` for people, `json` for one JSON object per line [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<config::LogFormat>,
     /// PEM certificate (chain) for TLS on both listeners; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -70,6 +79,12 @@ impl ServeArgs {
         if let Some(OptionalAddress(grpc_listen)) = self.grpc_listen {
             config.grpc_listen = grpc_listen;
         }
+        if let Some(OptionalAddress(admin_listen)) = self.admin_listen {
+            config.admin_listen = admin_listen;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
         if self.single_session {
             config.sessions.single_session = true;
         }
@@ -86,10 +101,12 @@ impl ServeArgs {
 pub struct RunningServer {
     wire_addr: SocketAddr,
     grpc_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// The listeners' tasks, until they have ended.
     wire: Option<tokio::task::JoinHandle<()>>,
     grpc: Option<tokio::task::JoinHandle<()>>,
+    admin: Option<tokio::task::JoinHandle<()>>,
     admission: Arc<Admission>,
     service: Arc<Service>,
 }
@@ -103,6 +120,11 @@ impl RunningServer {
     /// Where gRPC listens, unless it is off.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc_addr
+    }
+
+    /// Where the admin listener (metrics, health, status) listens, unless it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn service(&self) -> &Arc<Service> {
@@ -135,6 +157,10 @@ impl RunningServer {
                     listener.abort();
                 }
             }
+        }
+        if let Some(admin) = self.admin.take() {
+            // It stops at the shutdown signal; its connections are cut there too.
+            let _ = admin.await;
         }
         let m = self.service.node().store_metrics();
         tracing::info!(
@@ -201,11 +227,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
+    let admin_listener = admin::bind(config.admin_listen).await?;
+    let admin_addr = match &admin_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    // With nobody to read them, metrics are not recorded at all.
+    let metrics = match admin_addr {
+        Some(_) => metrics::Metrics::on(),
+        None => metrics::Metrics::off(),
+    };
 
-    let hub = Arc::new(Hub::new(HubLimits {
-        queue_bytes: config.limits.subscriber_queue_bytes,
-        subscriptions_per_account: config.limits.max_subscriptions_per_account,
-    }));
+    let hub = Arc::new(
+        Hub::new(HubLimits {
+            queue_bytes: config.limits.subscriber_queue_bytes,
+            subscriptions_per_account: config.limits.max_subscriptions_per_account,
+        })
+        .with_metrics(metrics.clone()),
+    );
     let sink_hub = hub.clone();
     let effects: corvid_store::EffectSink = Arc::new(move |effects| sink_hub.dispatch(effects));
     // A single server has no peers, so no server-to-server address; its record names the
@@ -251,12 +290,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             session_policy: config.session_policy(),
             max_text_bytes: config.limits.max_text_bytes,
             login: config.login.clone(),
+            metrics: metrics.clone(),
         },
     )?;
 
     let shutdown = CancellationToken::new();
     // One front door for every listener: one pool of connection slots, one set of deadlines.
-    let admission = Admission::new(&config.limits, shutdown.clone());
+    let admission = Admission::with_metrics(&config.limits, shutdown.clone(), metrics.clone());
     let wire = tokio::spawn(tcp::serve(
         listener,
         wire_tls,
@@ -273,12 +313,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown.clone(),
         ))
     });
+    // The admin listener answers from now on: `/readyz` says 503 until the node leads.
+    let admin = admin_listener.map(|listener| {
+        let state = admin::AdminState::new(service.clone(), metrics, config.data_dir.clone());
+        tokio::spawn(state.sample_rates(shutdown.clone()));
+        tokio::spawn(admin::serve(listener, state, shutdown.clone()))
+    });
     let server = RunningServer {
         wire_addr,
         grpc_addr,
+        admin_addr,
         shutdown,
         wire: Some(wire),
         grpc,
+        admin,
         admission,
         service,
     };
@@ -291,7 +339,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         return Err(e).context("the node found no leader");
     }
     let tls_on = config.tls.files().is_some();
-    tracing::info!(%wire_addr, ?grpc_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
+    tracing::info!(%wire_addr, ?grpc_addr, ?admin_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
     Ok(server)
 }
 
@@ -333,15 +381,18 @@ async fn node_stopped(raft: corvid_store::typ::Raft) -> String {
     }
 }
 
-/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ./corvid-data)`.
+/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, admin 127.0.0.1:9090, data in
+/// ./corvid-data)`.
 fn ready_line(server: &RunningServer, data_dir: &std::path::Path) -> String {
-    let grpc = match server.grpc_addr() {
+    let or_off = |address: Option<SocketAddr>| match address {
         Some(address) => address.to_string(),
         None => "off".to_string(),
     };
     format!(
-        "corvid serving on {} (grpc {grpc}, data in {})",
+        "corvid serving on {} (grpc {}, admin {}, data in {})",
         server.wire_addr(),
+        or_off(server.grpc_addr()),
+        or_off(server.admin_addr()),
         data_dir.display()
     )
 }

@@ -13,6 +13,7 @@ use crate::disk::DiskGuard;
 use crate::error::StoreError;
 use crate::identity::{ClusterId, FORMAT_VERSION};
 use crate::log::LogStore;
+use crate::metrics::{StoreHistogramSnapshots, StoreHistograms};
 use crate::schema::{
     encode, get_meta, prepare, SnapshotRecord, CLUSTER_ID, LAST_APPLIED, SM_META, SNAPSHOT,
 };
@@ -41,6 +42,9 @@ pub(crate) struct Counters {
     pub applied_commands: AtomicU64,
     pub state_syncs: AtomicU64,
     pub log_bytes: AtomicU64,
+    pub committed_index: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub histograms: StoreHistograms,
 }
 
 /// A copy of the store's counters.
@@ -64,6 +68,10 @@ pub struct StoreMetrics {
     /// Bytes of the log's chunk files, as of its last write. Purged entries leave only with
     /// their whole chunk.
     pub log_bytes: u64,
+    /// The index of the last entry openraft told the log is committed (0 before any).
+    pub committed_index: u64,
+    /// Snapshots made current since the store opened (built here or received).
+    pub snapshots: u64,
 }
 
 /// What the log and the state machine share: the state database and the counters.
@@ -238,6 +246,16 @@ impl StoreReader {
             applied_commands: c.applied_commands.load(Ordering::Relaxed),
             state_syncs: c.state_syncs.load(Ordering::Relaxed),
             log_bytes: c.log_bytes.load(Ordering::Relaxed),
+            committed_index: c.committed_index.load(Ordering::Relaxed),
+            snapshots: c.snapshots.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Copies of the store's latency and batch-size histograms (empty once it is closed).
+    pub fn histograms(&self) -> StoreHistogramSnapshots {
+        match self.shared() {
+            Ok(shared) => shared.counters.histograms.snapshot(),
+            Err(_) => StoreHistograms::default().snapshot(),
         }
     }
 }

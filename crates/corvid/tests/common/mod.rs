@@ -94,6 +94,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--grpc-listen",
                 "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data")
             .arg(data)
