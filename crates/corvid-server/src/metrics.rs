@@ -73,6 +73,8 @@ struct Recorders {
     push_queue_drops: Counter,
     subscriptions: Family<ProtocolLabels, Gauge>,
     connections: Family<ProtocolLabels, Gauge>,
+    /// Open connections over every protocol, for `/status`.
+    all_connections: Gauge,
     connections_rejected: Family<ProtocolLabels, Counter>,
     rate_limited: Family<ProtocolLabels, Counter>,
 }
@@ -80,7 +82,7 @@ struct Recorders {
 impl Metrics {
     /// Metrics that record.
     pub fn on() -> Metrics {
-        Metrics(Some(Arc::new(Recorders {
+        let recorders = Recorders {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(request_histogram),
             messages_sent: Counter::default(),
@@ -89,9 +91,20 @@ impl Metrics {
             push_queue_drops: Counter::default(),
             subscriptions: Family::default(),
             connections: Family::default(),
+            all_connections: Gauge::default(),
             connections_rejected: Family::default(),
             rate_limited: Family::default(),
-        })))
+        };
+        // Every protocol's series exists from the start, at zero, so that a rate over it
+        // is defined before its first event.
+        for protocol in [WIRE, GRPC] {
+            let labels = ProtocolLabels { protocol };
+            drop(recorders.subscriptions.get_or_create(&labels));
+            drop(recorders.connections.get_or_create(&labels));
+            drop(recorders.connections_rejected.get_or_create(&labels));
+            drop(recorders.rate_limited.get_or_create(&labels));
+        }
+        Metrics(Some(Arc::new(recorders)))
     }
 
     /// Metrics that record nothing: the admin listener is off, so nobody could read them.
@@ -159,20 +172,23 @@ impl Metrics {
 
     /// Counts a live subscription over `protocol` until the returned guard is dropped.
     pub fn subscription(&self, protocol: &'static str) -> Live {
-        Live(self.0.as_ref().map(|r| {
-            r.subscriptions
-                .get_or_create_owned(&ProtocolLabels { protocol })
-        }))
-        .started()
+        let Some(recorders) = &self.0 else {
+            return Live::none();
+        };
+        let labels = ProtocolLabels { protocol };
+        Live::started(vec![recorders.subscriptions.get_or_create_owned(&labels)])
     }
 
     /// Counts an open connection over `protocol` until the returned guard is dropped.
     pub fn connection(&self, protocol: &'static str) -> Live {
-        Live(self.0.as_ref().map(|r| {
-            r.connections
-                .get_or_create_owned(&ProtocolLabels { protocol })
-        }))
-        .started()
+        let Some(recorders) = &self.0 else {
+            return Live::none();
+        };
+        let labels = ProtocolLabels { protocol };
+        Live::started(vec![
+            recorders.connections.get_or_create_owned(&labels),
+            recorders.all_connections.clone(),
+        ])
     }
 
     /// A connection found no free slot and was closed.
@@ -197,16 +213,7 @@ impl Metrics {
 
     /// Open connections over every protocol, as counted here (0 when off).
     pub fn open_connections(&self) -> i64 {
-        let Some(recorders) = &self.0 else { return 0 };
-        [WIRE, GRPC]
-            .into_iter()
-            .map(|protocol| {
-                recorders
-                    .connections
-                    .get_or_create(&ProtocolLabels { protocol })
-                    .get()
-            })
-            .sum()
+        self.0.as_ref().map_or(0, |r| r.all_connections.get())
     }
 
     /// Messages accepted since the start (0 when off).
@@ -279,27 +286,27 @@ impl Metrics {
     }
 }
 
-/// Keeps a gauge one higher while it lives.
+/// Keeps its gauges one higher while it lives.
 #[derive(Debug)]
-pub struct Live(Option<Gauge>);
+pub struct Live(Vec<Gauge>);
 
 impl Live {
     /// A guard that counts nothing.
     pub fn none() -> Live {
-        Live(None)
+        Live(Vec::new())
     }
 
-    fn started(self) -> Live {
-        if let Some(gauge) = &self.0 {
+    fn started(gauges: Vec<Gauge>) -> Live {
+        for gauge in &gauges {
             gauge.inc();
         }
-        self
+        Live(gauges)
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        if let Some(gauge) = &self.0 {
+        for gauge in &self.0 {
             gauge.dec();
         }
     }

@@ -227,6 +227,60 @@ async fn a_chat_moves_exactly_its_counters_and_promtool_accepts_the_exposition()
     server.shutdown().await.unwrap();
 }
 
+/// The names of the series in an exposition.
+fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The dashboard is importable (JSON with panels and a Prometheus data source variable),
+/// and every metric it queries is one the server exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_metrics_the_server_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../docs/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(variables
+        .iter()
+        .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"));
+    let panels = dashboard["panels"].as_array().expect("a panels array");
+    let queried: std::collections::BTreeSet<String> = panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_string))
+        .flat_map(|expr| {
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .filter(|word| word.starts_with("corvid_") || word.starts_with("process_"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(queried.len() >= 20, "{queried:?}");
+    for title in ["Throughput", "Latency", "Connections", "Storage", "Raft"] {
+        assert!(panels.iter().any(|p| p["title"] == title), "a {title} row");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = corvid_server::start(Config::ephemeral(dir.path()))
+        .await
+        .unwrap();
+    let wire = client(server.wire_addr(), Transport::Wire).await;
+    wire.create_account("alice", "Alice", PASSWORD)
+        .await
+        .unwrap();
+    let alice = wire.login("alice", PASSWORD).await.unwrap().token;
+    wire.send(alice, "alice", "note to self", 1).await.unwrap();
+    let exported = exported_names(&metrics(server.admin_addr().unwrap()).await);
+    let missing: Vec<_> = queried.difference(&exported).collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}");
+    drop(wire);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn with_the_admin_listener_off_nothing_listens_for_it() {
     let dir = tempfile::tempdir().unwrap();
