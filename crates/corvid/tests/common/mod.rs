@@ -72,6 +72,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The gRPC address.
     pub grpc: SocketAddr,
+    /// The admin listener's address, unless it is off.
+    pub admin: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -125,10 +127,14 @@ impl Server {
                 )
             });
         let (addr, grpc) = parse_ready_line(&line);
+        let admin = line
+            .split_once("admin ")
+            .and_then(|(_, rest)| rest.split([',', ')']).next()?.parse().ok());
         Server {
             child,
             addr,
             grpc,
+            admin,
             log,
         }
     }
