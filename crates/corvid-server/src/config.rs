@@ -397,6 +397,13 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return fail("tls.cert and tls.key go together: give both or neither");
         }
+        // Two listeners cannot share an address (port 0 picks a free port for each).
+        let fixed = |address: &Option<SocketAddr>| address.filter(|a| a.port() != 0);
+        if let Some(admin) = fixed(&self.admin_listen) {
+            if Some(admin) == fixed(&Some(self.listen)) || Some(admin) == fixed(&self.grpc_listen) {
+                return fail("admin_listen must differ from listen and grpc_listen");
+            }
+        }
         if self.worker_threads > MAX_WORKER_THREADS {
             return fail("worker_threads must be 0 (automatic) to 1024");
         }
@@ -555,6 +562,25 @@ mod tests {
         let half = Config::from_toml("[tls]\ncert = \"c.pem\"\n").unwrap();
         assert!(half.validate().is_err());
         assert_eq!(Config::default().tls.files(), None);
+    }
+
+    #[test]
+    fn the_admin_listener_is_on_loopback_by_default_and_can_be_moved_or_switched_off() {
+        let admin = Config::default().admin_listen.expect("on by default");
+        assert_eq!(admin.port(), DEFAULT_ADMIN_PORT);
+        assert!(admin.ip().is_loopback());
+        let config = Config::from_toml("admin_listen = \"off\"").unwrap();
+        assert_eq!(config.admin_listen, None);
+        config.validate().unwrap();
+        let config = Config::from_toml("admin_listen = \"10.0.0.1:9100\"").unwrap();
+        assert_eq!(config.admin_listen, Some("10.0.0.1:9100".parse().unwrap()));
+        let clash = Config::from_toml("admin_listen = \"127.0.0.1:7070\"").unwrap();
+        assert!(clash.validate().is_err());
+        let clash = Config::from_toml("admin_listen = \"127.0.0.1:7071\"").unwrap();
+        assert!(clash.validate().is_err());
+        Config::ephemeral("data").validate().unwrap();
+        let config = Config::from_toml("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
     }
 
     #[test]

@@ -432,3 +432,32 @@ async fn wait_for_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn flags_switch_the_admin_listener_off_and_the_logs_to_json() {
+        let config = Serve::parse_from(["serve", "--admin-listen", "off", "--log-format", "json"])
+            .args
+            .config()
+            .unwrap();
+        assert_eq!(config.admin_listen, None);
+        assert_eq!(config.log.format, config::LogFormat::Json);
+        let config = Serve::parse_from(["serve", "--admin-listen", "127.0.0.1:9191"])
+            .args
+            .config()
+            .unwrap();
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9191".parse().unwrap()));
+        assert_eq!(config.log.format, config::LogFormat::Text);
+        assert!(Serve::try_parse_from(["serve", "--log-format", "xml"]).is_err());
+    }
+}
