@@ -368,3 +368,93 @@ async fn readyz_answers_503_without_a_leader_and_200_with_one() {
         .expect("the admin listener stops at shutdown")
         .unwrap();
 }
+
+/// A raw binary-protocol connection that has said hello.
+async fn raw_connection(
+    addr: SocketAddr,
+) -> tokio_util::codec::Framed<TcpStream, corvid_wire::WireCodec> {
+    use corvid_wire::{ClientHello, WireCodec, HELLO_LEN};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let hello = ClientHello::CURRENT;
+    stream.write_all(&hello.encode()).await.unwrap();
+    let mut answer = [0u8; HELLO_LEN];
+    stream.read_exact(&mut answer).await.unwrap();
+    tokio_util::codec::Framed::new(stream, WireCodec::default().with_version(hello.version))
+}
+
+/// Polls the exposition until `name` with `labels` reads `value`, within the deadline.
+async fn sample_becomes(addr: SocketAddr, name: &str, labels: &[(&str, &str)], value: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = sample(&metrics(addr).await, name, labels);
+        if now == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} {labels:?} is {now}, not {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_requests_and_refused_connections_are_counted_per_protocol() {
+    use corvid_core::{ErrorCode, Request};
+    use corvid_wire::Frame;
+    use futures::{SinkExt, StreamExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::ephemeral(dir.path());
+    config.limits.max_connections = 1;
+    config.limits.requests_per_second = 1;
+    config.limits.request_burst = 1;
+    let server = corvid_server::start(config).await.unwrap();
+    let admin = server.admin_addr().unwrap();
+    let wire = [("protocol", "wire")];
+
+    let mut connection = raw_connection(server.wire_addr()).await;
+    for id in 1..=3 {
+        let request = Request::Ping;
+        connection
+            .send(Frame::Request { id, request })
+            .await
+            .unwrap();
+    }
+    let mut refused = 0.0;
+    for _ in 1..=3 {
+        match tokio::time::timeout(WAIT, connection.next()).await {
+            Ok(Some(Ok(Ok(Frame::Error { error, .. }))))
+                if error.code == ErrorCode::RateLimited =>
+            {
+                refused += 1.0
+            }
+            Ok(Some(Ok(Ok(Frame::Response { .. })))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused >= 1.0, "a burst of one refuses some of three pings");
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(&text, "corvid_rate_limited_requests_total", &wire),
+        refused
+    );
+    assert_eq!(
+        sample(&text, "corvid_requests_total", &[("operation", "ping")]),
+        3.0 - refused,
+        "refused requests never reach the service"
+    );
+
+    // The one connection slot is taken: the next connection is refused, and counted.
+    let second = TcpStream::connect(server.wire_addr()).await.unwrap();
+    sample_becomes(admin, "corvid_connections_rejected_total", &wire, 1.0).await;
+    drop(second);
+    assert_eq!(
+        sample(&metrics(admin).await, "corvid_connections", &wire),
+        1.0
+    );
+
+    drop(connection);
+    sample_becomes(admin, "corvid_connections", &wire, 0.0).await;
+    server.shutdown().await.unwrap();
+}
