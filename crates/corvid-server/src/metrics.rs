@@ -611,8 +611,8 @@ impl RaftFigures {
             leader: metrics.current_leader,
             role,
             last_log_index: metrics.last_log_index.unwrap_or(0),
-            // The log hears of a commit when openraft saves it, which may trail the apply
-            // of the same entry: what is applied was committed.
+            // openraft saves the committed id before it applies up to it, so this is
+            // never behind; the applied index covers a store that has not been told yet.
             committed_index: committed_index.max(metrics.last_applied.map_or(0, |id| id.index)),
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
