@@ -34,6 +34,15 @@ struct Cli {
     /// The protocol the load uses.
     #[arg(long, global = true, value_enum, default_value = "wire")]
     transport: Transport,
+    /// The started server's admin listener: an address, or `off` for a server that
+    /// records no metrics (to measure what recording costs).
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR|off",
+        default_value = "127.0.0.1:0"
+    )]
+    admin_listen: String,
     /// Seconds after which the measured part of a run stops, finished or not.
     #[arg(long, global = true, default_value_t = 300)]
     deadline: u64,
@@ -246,6 +255,7 @@ struct Options {
     server: Option<String>,
     server_pid: Option<u32>,
     corvid: Option<PathBuf>,
+    admin_listen: String,
     transport: Transport,
     common: Common,
     results: PathBuf,
@@ -257,6 +267,7 @@ fn cli_view(cli: &Cli) -> Options {
         server: cli.server.clone(),
         server_pid: cli.server_pid,
         corvid: cli.corvid.clone(),
+        admin_listen: cli.admin_listen.clone(),
         transport: cli.transport,
         common: Common {
             deadline: Duration::from_secs(cli.deadline),
@@ -289,6 +300,7 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
             StartedServer::start(ServerOptions {
                 binary: corvid_binary(options.corvid.as_deref())?,
                 max_connections,
+                admin_listen: options.admin_listen.clone(),
                 extra_config,
             })
             .await?,

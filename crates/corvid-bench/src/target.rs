@@ -109,6 +109,8 @@ pub struct ServerOptions {
     pub binary: PathBuf,
     /// Most connections the server accepts.
     pub max_connections: usize,
+    /// Its admin listener's address, or `off` (no metrics recorded).
+    pub admin_listen: String,
     /// TOML appended to the server's configuration file (whole sections).
     pub extra_config: String,
 }
@@ -217,12 +219,13 @@ async fn launch(
     // Load comes from few connections at high rates: lift the per-connection limits. The
     // `connections` workload shares a few accounts between many subscribed connections.
     let config = format!(
-        "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\nhttp_listen = \"off\"\n\n[limits]\nmax_connections = {}\n\
+        "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\nhttp_listen = \"off\"\nadmin_listen = {:?}\n\n\
+         [limits]\nmax_connections = {}\n\
          requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\
          max_subscriptions_per_account = 1000000\n\
          grpc_max_streams = 1024\n\n\
          [log]\nlevel = \"warn\"\n{}",
-        options.max_connections, options.extra_config
+        options.admin_listen, options.max_connections, options.extra_config
     );
     std::fs::write(&config_path, config).context("cannot write the server config")?;
     let log = std::fs::OpenOptions::new()

@@ -25,5 +25,6 @@ pub mod proposer;
 pub use corvid_store::typ;
 pub use network::Peers;
 pub use node::{
-    raft_config, Node, NodeConfig, NodeError, RaftTiming, SNAPSHOT_EVERY, SNAPSHOT_LOG_BYTES,
+    raft_config, Node, NodeConfig, NodeError, RaftTiming, DEFAULT_MAX_APPEND_BYTES, SNAPSHOT_EVERY,
+    SNAPSHOT_LOG_BYTES,
 };

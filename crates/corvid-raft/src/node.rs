@@ -72,6 +72,30 @@ pub struct NodeConfig {
     pub max_append_bytes: u64,
 }
 
+impl NodeConfig {
+    /// A single server in `data_dir` (node 1, no peers, the single server's timing and
+    /// limits), with no client addresses in its member record: what tests and tools that
+    /// open a node on its own start from.
+    pub fn single_server(data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            data_dir,
+            node_id: 1,
+            member: Member::default(),
+            cluster_id: None,
+            snapshot_every: SNAPSHOT_EVERY,
+            snapshot_log_bytes: SNAPSHOT_LOG_BYTES,
+            min_free_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
+            peers: Peers::none(),
+            timing: RaftTiming::SINGLE_SERVER,
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+        }
+    }
+}
+
+/// Bytes of entries one append request carries by default (see `network`): a follower far
+/// behind gets its entries in pieces of this size.
+pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1 << 20;
+
 /// Log entries between snapshots. A snapshot bounds both the log on disk and the replay a
 /// lagging follower needs; an entry carries a batch of commands, so this is many more
 /// commands.
@@ -645,6 +669,16 @@ impl Node {
     /// The store's counters: log commits (fsyncs), appends, applied batches.
     pub fn store_metrics(&self) -> StoreMetrics {
         self.reader.metrics()
+    }
+
+    /// The store's fsync latency and entries-per-flush histograms.
+    pub fn store_histograms(&self) -> corvid_store::metrics::StoreHistogramSnapshots {
+        self.reader.histograms()
+    }
+
+    /// Whether the data directory's disk has room for writes (see [`corvid_store::disk`]).
+    pub fn check_free_space(&self) -> Result<(), NodeError> {
+        Ok(self.reader.check_free_space()?)
     }
 }
 

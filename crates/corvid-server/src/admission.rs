@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 use corvid_core::Response;
 
 use crate::config::Limits;
+use crate::metrics::{Live, Metrics};
 
 /// Refused connections that may be told why at once; more are closed without a word.
 const REFUSALS_AT_ONCE: usize = 64;
@@ -117,6 +118,7 @@ pub struct Admission {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     open: Arc<OpenConnections>,
+    metrics: Metrics,
 }
 
 /// Every open connection, so that a shutdown can close them all.
@@ -139,6 +141,16 @@ impl Admission {
     /// A front door admitting at most `limits.max_connections` connections at once, over
     /// every listener, until `shutdown` is cancelled.
     pub fn new(limits: &Limits, shutdown: CancellationToken) -> Arc<Admission> {
+        Admission::with_metrics(limits, shutdown, Metrics::off())
+    }
+
+    /// [`Admission::new`], counting open and refused connections and rate-limited requests
+    /// in `metrics`.
+    pub fn with_metrics(
+        limits: &Limits,
+        shutdown: CancellationToken,
+        metrics: Metrics,
+    ) -> Arc<Admission> {
         Arc::new(Admission {
             limits: limits.clone(),
             deadlines: Deadlines::new(limits),
@@ -147,6 +159,7 @@ impl Admission {
             shutdown,
             tracker: TaskTracker::new(),
             open: Arc::new(OpenConnections::default()),
+            metrics,
         })
     }
 
@@ -227,6 +240,7 @@ impl Admission {
         frontend: Arc<F>,
     ) {
         tracing::debug!(%peer, protocol = F::PROTOCOL.name, "no room for another connection");
+        self.metrics.connection_rejected(F::PROTOCOL.name);
         if !F::EXPLAINS_REFUSAL {
             return;
         }
@@ -299,12 +313,17 @@ impl Admission {
                 id,
                 open: self.open.clone(),
                 _permit: permit,
+                _live: self.metrics.connection(F::PROTOCOL.name),
             },
         };
         Connection {
             io,
             peer,
-            limiter: Arc::new(RateLimiter::direct(self.limits.rate_quota())),
+            limiter: Arc::new(RequestRate::new(
+                &self.limits,
+                self.metrics.clone(),
+                F::PROTOCOL.name,
+            )),
             state,
         }
     }
@@ -437,7 +456,7 @@ pub struct Connection {
     pub io: ConnectionIo,
     pub peer: SocketAddr,
     /// The connection's own request-rate limiter, whatever its protocol.
-    pub limiter: Arc<DefaultDirectRateLimiter>,
+    pub limiter: Arc<RequestRate>,
     /// What the frontend tells the deadlines (logged in, calls in progress), and how it
     /// closes the connection.
     pub state: Arc<ConnectionState>,
@@ -538,6 +557,38 @@ struct Slot {
     id: u64,
     open: Arc<OpenConnections>,
     _permit: OwnedSemaphorePermit,
+    /// Counts the connection as open in the metrics while it lasts.
+    _live: Live,
+}
+
+/// One connection's request-rate limiter, which counts the requests it refuses.
+pub struct RequestRate {
+    limiter: DefaultDirectRateLimiter,
+    metrics: Metrics,
+    protocol: &'static str,
+}
+
+/// A request over its connection's rate.
+#[derive(Debug)]
+pub struct OverRate;
+
+impl RequestRate {
+    /// The rate `limits` allow one connection, whose refusals count as `protocol`'s.
+    pub fn new(limits: &Limits, metrics: Metrics, protocol: &'static str) -> RequestRate {
+        RequestRate {
+            limiter: RateLimiter::direct(limits.rate_quota()),
+            metrics,
+            protocol,
+        }
+    }
+
+    /// Takes one request from the allowance, or says it is spent.
+    pub fn check(&self) -> Result<(), OverRate> {
+        self.limiter.check().map_err(|_| {
+            self.metrics.rate_limited(self.protocol);
+            OverRate
+        })
+    }
 }
 
 impl Drop for Slot {

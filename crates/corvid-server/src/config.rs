@@ -16,6 +16,8 @@ pub const DEFAULT_PORT: u16 = 7070;
 pub const DEFAULT_GRPC_PORT: u16 = corvid_grpc::DEFAULT_PORT;
 /// The default port of the HTTP listener (the web UI and its WebSocket API).
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// The default port of the admin listener (metrics, health, status).
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
 
 /// Everything `corvid serve` can be told. Field docs are the reference for the TOML file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +34,11 @@ pub struct Config {
     /// or `"off"` for none. Port 0 picks a free port.
     #[serde(with = "optional_address")]
     pub http_listen: Option<SocketAddr>,
+    /// Address of the admin HTTP listener (`/metrics` for Prometheus, `/healthz`,
+    /// `/readyz`, `/status`), or `"off"`, which also stops recording metrics. It has no
+    /// authentication: keep it on loopback or a private network. Port 0 picks a free port.
+    #[serde(with = "optional_address")]
+    pub admin_listen: Option<SocketAddr>,
     /// Threads of the async runtime, which serves connections and runs Raft. 0 (the
     /// default) means one fewer than the machine's cores, at least one: the state machine
     /// applies on a thread of its own, and the log fsyncs on another.
@@ -220,10 +227,12 @@ pub struct Log {
     pub level: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One line per event, for people.
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
@@ -234,6 +243,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_GRPC_PORT))),
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
             worker_threads: 0,
             limits: Limits::default(),
             sessions: Sessions::default(),
@@ -317,6 +327,7 @@ impl Config {
             listen: any_port,
             grpc_listen: Some(any_port),
             http_listen: Some(any_port),
+            admin_listen: Some(any_port),
             ..Config::default()
         }
     }
@@ -398,6 +409,13 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return fail("tls.cert and tls.key go together: give both or neither");
         }
+        // Two listeners cannot share an address (port 0 picks a free port for each).
+        let fixed = |address: &Option<SocketAddr>| address.filter(|a| a.port() != 0);
+        if let Some(admin) = fixed(&self.admin_listen) {
+            if Some(admin) == fixed(&Some(self.listen)) || Some(admin) == fixed(&self.grpc_listen) {
+                return fail("admin_listen must differ from listen and grpc_listen");
+            }
+        }
         if self.worker_threads > MAX_WORKER_THREADS {
             return fail("worker_threads must be 0 (automatic) to 1024");
         }
@@ -434,6 +452,7 @@ impl Config {
             Some(Err(_)) => {}
             None => self.http_listen = None,
         }
+        self.admin_listen = member.admin;
         if let Some(data) = member.data {
             self.data_dir = data;
         }
@@ -553,6 +572,10 @@ pub struct ClusterMember {
     /// socket address is also what the server binds; absent means no web listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// The admin listener (metrics, health, status) of this server; absent means none, so
+    /// that servers sharing a machine do not all claim the default port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
     /// This server's data directory; absent means `data_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
@@ -571,7 +594,7 @@ fn default_election_timeout_max_ms() -> u64 {
     300
 }
 fn default_max_append_bytes() -> u64 {
-    1 << 20
+    corvid_raft::DEFAULT_MAX_APPEND_BYTES
 }
 
 impl ClusterMember {
@@ -660,6 +683,7 @@ impl Cluster {
             own.extend(member.grpc.map(|a| a.to_string()));
             own.extend(member.raft_listen.map(|a| a.to_string()));
             own.extend(member.http.clone());
+            own.extend(member.admin.map(|a| a.to_string()));
             for address in own {
                 // Port 0 is left to the system, so it cannot clash.
                 if !address.ends_with(":0") && !addresses.insert(address.clone()) {
@@ -810,6 +834,25 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_listener_is_on_loopback_by_default_and_can_be_moved_or_switched_off() {
+        let admin = Config::default().admin_listen.expect("on by default");
+        assert_eq!(admin.port(), DEFAULT_ADMIN_PORT);
+        assert!(admin.ip().is_loopback());
+        let config = Config::from_toml("admin_listen = \"off\"").unwrap();
+        assert_eq!(config.admin_listen, None);
+        config.validate().unwrap();
+        let config = Config::from_toml("admin_listen = \"10.0.0.1:9100\"").unwrap();
+        assert_eq!(config.admin_listen, Some("10.0.0.1:9100".parse().unwrap()));
+        let clash = Config::from_toml("admin_listen = \"127.0.0.1:7070\"").unwrap();
+        assert!(clash.validate().is_err());
+        let clash = Config::from_toml("admin_listen = \"127.0.0.1:7071\"").unwrap();
+        assert!(clash.validate().is_err());
+        Config::ephemeral("data").validate().unwrap();
+        let config = Config::from_toml("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
     fn grpc_can_be_moved_or_switched_off() {
         let config = Config::from_toml("grpc_listen = \"0.0.0.0:9000\"").unwrap();
         assert_eq!(config.grpc_listen, Some("0.0.0.0:9000".parse().unwrap()));
@@ -952,6 +995,19 @@ wire = "127.0.0.1:7074"
         assert!(error.contains("--id 4 is not a member"), "{error}");
         let alone = Config::default().as_member(1).unwrap_err().to_string();
         assert!(alone.contains("[cluster]"), "{alone}");
+    }
+
+    #[test]
+    fn a_cluster_member_binds_the_admin_listener_it_names_and_none_without_one() {
+        let with_admin = CLUSTER.replace(
+            "data = \"corvid-data-1\"",
+            "data = \"corvid-data-1\"\nadmin = \"127.0.0.1:9191\"",
+        );
+        let config = Config::from_toml(&with_admin).unwrap();
+        let one = config.clone().as_member(1).unwrap();
+        assert_eq!(one.admin_listen, Some("127.0.0.1:9191".parse().unwrap()));
+        // Three servers on one machine must not all take the default port.
+        assert_eq!(config.as_member(2).unwrap().admin_listen, None);
     }
 
     #[test]

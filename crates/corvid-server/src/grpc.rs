@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use governor::DefaultDirectRateLimiter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -61,7 +60,7 @@ const HTTP2_PREFACE_LEN: usize = 24;
 /// extensions).
 #[derive(Clone)]
 pub struct ConnectionInfo {
-    limiter: Arc<DefaultDirectRateLimiter>,
+    limiter: Arc<crate::admission::RequestRate>,
     state: Arc<ConnectionState>,
     /// The client's address, which logins are throttled by.
     peer: std::net::SocketAddr,
@@ -128,7 +127,7 @@ struct Handoff {
 
 impl Frontend for Handoff {
     const PROTOCOL: Protocol = Protocol {
-        name: "grpc",
+        name: crate::metrics::GRPC,
         handshake_bytes: HTTP2_PREFACE_LEN,
         closes_when_idle: true,
     };
@@ -232,7 +231,7 @@ impl GrpcFrontend {
             .map_err(|malformed| status(malformed.into()))?;
         let response = self
             .service
-            .handle_from(origin, request)
+            .serve(crate::metrics::GRPC, origin, request)
             .await
             .map_err(status)?;
         if let Some(state) = &state {
@@ -365,7 +364,11 @@ impl Chat for GrpcFrontend {
         let Request::Subscribe { token, from } = request else {
             return Err(status(ErrorCode::Internal.into()));
         };
-        let subscription = self.service.subscribe(token, from).await.map_err(status)?;
+        let subscription = self
+            .service
+            .subscribe_over(crate::metrics::GRPC, token, from)
+            .await
+            .map_err(status)?;
         if let Some(state) = &state {
             state.authenticated();
         }

@@ -217,6 +217,7 @@ pub struct Hub {
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     limits: HubLimits,
+    metrics: crate::metrics::Metrics,
 }
 
 /// A live subscription's place in the hub. Dropping it ends the subscription.
@@ -247,6 +248,11 @@ impl Hub {
             limits,
             ..Hub::default()
         }
+    }
+
+    /// Counts pushed messages and dropped subscribers in `metrics`.
+    pub fn with_metrics(self, metrics: crate::metrics::Metrics) -> Hub {
+        Hub { metrics, ..self }
     }
 
     /// Registers a listener for `account` through `session`; returns the event queue and a
@@ -302,25 +308,30 @@ impl Hub {
     pub fn dispatch(&self, effects: &[Effect]) {
         let mut registry = self.lock();
         let mut dropped = Vec::new();
+        let mut pushed = 0;
         for effect in effects {
             match effect {
-                Effect::Message { to, message } => push(
-                    &mut registry,
-                    *to,
-                    |_| Some(Event::Message(message.clone())),
-                    &mut dropped,
-                ),
-                Effect::Receipt { to, id, status } => push(
-                    &mut registry,
-                    *to,
-                    |_| {
-                        Some(Event::Receipt {
-                            id: *id,
-                            status: *status,
-                        })
-                    },
-                    &mut dropped,
-                ),
+                Effect::Message { to, message } => {
+                    pushed += push(
+                        &mut registry,
+                        *to,
+                        |_| Some(Event::Message(message.clone())),
+                        &mut dropped,
+                    );
+                }
+                Effect::Receipt { to, id, status } => {
+                    push(
+                        &mut registry,
+                        *to,
+                        |_| {
+                            Some(Event::Receipt {
+                                id: *id,
+                                status: *status,
+                            })
+                        },
+                        &mut dropped,
+                    );
+                }
                 Effect::SessionEnded {
                     account,
                     session,
@@ -351,7 +362,11 @@ impl Hub {
                 }
             }
         }
+        self.metrics.messages_pushed(pushed);
         for (account, id, removal) in dropped {
+            if matches!(removal, Removal::FellBehind) {
+                self.metrics.push_queue_drop();
+            }
             remove(&mut registry, account, id, removal);
         }
     }
@@ -374,18 +389,22 @@ fn push(
     account: AccountId,
     event_for: impl Fn(&Subscriber) -> Option<Event>,
     dropped: &mut Vec<(AccountId, u64, Removal)>,
-) {
+) -> u64 {
     let Some(subs) = registry.by_account.get(&account) else {
-        return;
+        return 0;
     };
+    let mut queued = 0;
     for sub in subs {
         if let Some(event) = event_for(sub) {
             if sub.queue.push(event).is_err() {
                 // Full (too slow) or closed: end this subscription; the client resumes later.
                 dropped.push((account, sub.id, Removal::FellBehind));
+            } else {
+                queued += 1;
             }
         }
     }
+    queued
 }
 
 fn remove(registry: &mut Registry, account: AccountId, id: u64, removal: Removal) {

@@ -4,11 +4,13 @@
 //! [`start`] assembles a running server from a [`Config`] (tests use it with port 0);
 //! [`run`] is `corvid serve`: flags over the config file, logs, signals.
 
+pub mod admin;
 pub mod admission;
 mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod hub;
+pub mod metrics;
 mod password;
 pub mod service;
 pub mod tcp;
@@ -49,7 +51,14 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR|off")]
     pub http_listen: Option<OptionalAddress>,
-    /// PEM certificate (chain) for TLS on every listener; needs --tls-key.
+    /// Address of the admin HTTP listener (metrics, health, status), or `off`, which also
+    /// stops recording metrics [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_listen: Option<OptionalAddress>,
+    /// Log format: `text` for people, `json` for one JSON object per line [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<config::LogFormat>,
+    /// PEM certificate (chain) for TLS on every client listener; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
@@ -93,6 +102,12 @@ impl ServeArgs {
         if let Some(OptionalAddress(http_listen)) = self.http_listen {
             config.http_listen = http_listen;
         }
+        if let Some(OptionalAddress(admin_listen)) = self.admin_listen {
+            config.admin_listen = admin_listen;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
         if self.single_session {
             config.sessions.single_session = true;
         }
@@ -110,6 +125,7 @@ pub struct RunningServer {
     wire_addr: SocketAddr,
     grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// The listeners' tasks, until they have ended.
     wire: Option<tokio::task::JoinHandle<()>>,
@@ -117,6 +133,7 @@ pub struct RunningServer {
     /// The server-to-server listener of a cluster member, and where it listens.
     peer: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     http: Option<tokio::task::JoinHandle<()>>,
+    admin: Option<tokio::task::JoinHandle<()>>,
     admission: Arc<Admission>,
     service: Arc<Service>,
 }
@@ -135,6 +152,11 @@ impl RunningServer {
     /// Where the web UI and its WebSocket API listen, unless HTTP is off.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Where the admin listener (metrics, health, status) listens, unless it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn service(&self) -> &Arc<Service> {
@@ -185,6 +207,10 @@ impl RunningServer {
             if tokio::time::timeout(grace, peer).await.is_err() {
                 tracing::warn!("the server-to-server listener did not stop in time");
             }
+        }
+        if let Some(admin) = self.admin.take() {
+            // It stops at the shutdown signal; its connections are cut there too.
+            let _ = admin.await;
         }
         let m = self.service.node().store_metrics();
         tracing::info!(
@@ -272,11 +298,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
+    let admin_listener = admin::bind(config.admin_listen).await?;
+    let admin_addr = match &admin_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    // With nobody to read them, metrics are not recorded at all.
+    let metrics = match admin_addr {
+        Some(_) => metrics::Metrics::on(),
+        None => metrics::Metrics::off(),
+    };
 
-    let hub = Arc::new(Hub::new(HubLimits {
-        queue_bytes: config.limits.subscriber_queue_bytes,
-        subscriptions_per_account: config.limits.max_subscriptions_per_account,
-    }));
+    let hub = Arc::new(
+        Hub::new(HubLimits {
+            queue_bytes: config.limits.subscriber_queue_bytes,
+            subscriptions_per_account: config.limits.max_subscriptions_per_account,
+        })
+        .with_metrics(metrics.clone()),
+    );
     let sink_hub = hub.clone();
     let effects: corvid_store::EffectSink = Arc::new(move |effects| sink_hub.dispatch(effects));
     // A single server has no peers, so no server-to-server address; its record names the
@@ -290,16 +329,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         },
     };
     let mut node_config = corvid_raft::NodeConfig {
-        data_dir: config.data_dir.clone(),
         node_id: SINGLE_SERVER_ID,
         member,
-        cluster_id: None,
-        snapshot_every: corvid_raft::SNAPSHOT_EVERY,
-        snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
         min_free_bytes: config.limits.min_free_disk_bytes,
-        peers: corvid_raft::Peers::none(),
-        timing: corvid_raft::RaftTiming::SINGLE_SERVER,
-        max_append_bytes: 1 << 20,
+        ..corvid_raft::NodeConfig::single_server(config.data_dir.clone())
     };
     let peering = match &config.cluster {
         Some(cluster) => {
@@ -350,11 +383,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             session_policy: config.session_policy(),
             max_text_bytes: config.limits.max_text_bytes,
             login: config.login.clone(),
+            metrics: metrics.clone(),
         },
     )?;
 
     // One front door for every listener: one pool of connection slots, one set of deadlines.
-    let admission = Admission::new(&config.limits, shutdown.clone());
+    let admission = Admission::with_metrics(&config.limits, shutdown.clone(), metrics.clone());
     let wire = tokio::spawn(tcp::serve(
         listener,
         wire_tls,
@@ -380,6 +414,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown.clone(),
         ))
     });
+    // The admin listener answers from now on: `/readyz` says 503 until the node leads.
+    let admin = admin_listener.map(|listener| {
+        let state = admin::AdminState::new(service.clone(), metrics, config.data_dir.clone());
+        tokio::spawn(state.sample_rates(shutdown.clone()));
+        tokio::spawn(admin::serve(listener, state, shutdown.clone()))
+    });
     let server = RunningServer {
         wire_addr,
         grpc_addr,
@@ -389,6 +429,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         grpc,
         peer,
         http,
+        admin_addr,
+        admin,
         admission,
         service,
     };
@@ -411,7 +453,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         return Err(e).context("the node found no leader");
     }
     let tls_on = config.tls.files().is_some();
-    tracing::info!(%wire_addr, ?grpc_addr, ?http_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
+    tracing::info!(%wire_addr, ?grpc_addr, ?http_addr, ?admin_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
     Ok(server)
 }
 
@@ -472,18 +514,19 @@ async fn node_stopped(raft: corvid_store::typ::Raft) -> String {
     }
 }
 
-/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, http 127.0.0.1:8080, data in
-/// ./corvid-data)`.
+/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, http 127.0.0.1:8080, admin
+/// 127.0.0.1:9090, data in ./corvid-data)`.
 fn ready_line(server: &RunningServer, data_dir: &std::path::Path) -> String {
-    let address_or_off = |address: Option<SocketAddr>| match address {
+    let or_off = |address: Option<SocketAddr>| match address {
         Some(address) => address.to_string(),
         None => "off".to_string(),
     };
-    let grpc = address_or_off(server.grpc_addr());
-    let http = address_or_off(server.http_addr());
     format!(
-        "corvid serving on {} (grpc {grpc}, http {http}, data in {})",
+        "corvid serving on {} (grpc {}, http {}, admin {}, data in {})",
         server.wire_addr(),
+        or_off(server.grpc_addr()),
+        or_off(server.http_addr()),
+        or_off(server.admin_addr()),
         data_dir.display()
     )
 }
@@ -521,5 +564,34 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn flags_switch_the_admin_listener_off_and_the_logs_to_json() {
+        let config = Serve::parse_from(["serve", "--admin-listen", "off", "--log-format", "json"])
+            .args
+            .config()
+            .unwrap();
+        assert_eq!(config.admin_listen, None);
+        assert_eq!(config.log.format, config::LogFormat::Json);
+        let config = Serve::parse_from(["serve", "--admin-listen", "127.0.0.1:9191"])
+            .args
+            .config()
+            .unwrap();
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9191".parse().unwrap()));
+        assert_eq!(config.log.format, config::LogFormat::Text);
+        assert!(Serve::try_parse_from(["serve", "--log-format", "xml"]).is_err());
     }
 }

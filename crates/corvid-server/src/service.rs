@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use tokio::sync::Notify;
@@ -22,6 +22,7 @@ use corvid_raft::{Node, NodeError};
 
 use crate::config::Login;
 use crate::hub::{EventQueue, Hub, Queued, Registration};
+use crate::metrics::{Live, Metrics};
 pub use crate::password::Origin;
 use crate::password::Passwords;
 
@@ -51,6 +52,8 @@ pub struct ServiceConfig {
     pub max_text_bytes: usize,
     /// Password hashing and the failed-login throttle.
     pub login: Login,
+    /// Where requests, sends and fetches are counted.
+    pub metrics: Metrics,
 }
 
 pub struct Service {
@@ -83,6 +86,51 @@ impl Service {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.config.metrics
+    }
+
+    /// Serves one request that came over `protocol` from `origin`, and counts it: what
+    /// every frontend calls.
+    pub async fn serve(
+        &self,
+        protocol: &'static str,
+        origin: Origin,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        let operation = crate::metrics::operation(&request);
+        let started = Instant::now();
+        let result = self.handle_from(origin, request).await;
+        let outcome = result.as_ref().map(|_| ());
+        self.config
+            .metrics
+            .request(protocol, operation, outcome, started.elapsed());
+        result
+    }
+
+    /// [`Service::subscribe`] for a client over `protocol`: counted as a request, and as a
+    /// live subscription while it lasts.
+    pub async fn subscribe_over(
+        self: &Arc<Self>,
+        protocol: &'static str,
+        token: Token,
+        from: SubscribeFrom,
+    ) -> Result<Subscription, ApiError> {
+        let started = Instant::now();
+        let result = self.subscribe(token, from).await;
+        let metrics = &self.config.metrics;
+        metrics.request(
+            protocol,
+            "subscribe",
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        result.map(|mut subscription| {
+            subscription._live = metrics.subscription(protocol);
+            subscription
+        })
     }
 
     /// Serves one request that came from `origin`: the address a login or an account
@@ -185,6 +233,9 @@ impl Service {
                     .await?
                 {
                     Outcome::Sent { message, duplicate } => {
+                        if !duplicate {
+                            self.config.metrics.message_sent();
+                        }
                         Ok(Response::Sent { message, duplicate })
                     }
                     other => Err(unexpected(other)),
@@ -203,6 +254,7 @@ impl Service {
                 for message in &messages {
                     self.delivered(account, message);
                 }
+                self.config.metrics.messages_fetched(messages.len() as u64);
                 Ok(Response::Messages { messages })
             }
             Request::MarkRead { token, ids } => {
@@ -410,6 +462,7 @@ impl Service {
             account,
             session,
             _registration: registration,
+            _live: Live::none(),
             events,
             backlog: VecDeque::new(),
             replay,
@@ -455,6 +508,8 @@ pub struct Subscription {
     account: AccountId,
     session: SessionKey,
     _registration: Registration,
+    /// Counts this subscription as live in the metrics while it lasts.
+    _live: Live,
     events: Arc<EventQueue>,
     backlog: VecDeque<Message>,
     /// Where the replay of inbox messages stands; `None` once it has caught up.

@@ -92,7 +92,7 @@ struct WireFrontend {
 
 impl Frontend for WireFrontend {
     const PROTOCOL: Protocol = Protocol {
-        name: "wire",
+        name: crate::metrics::WIRE,
         handshake_bytes: HELLO_LEN,
         closes_when_idle: false,
     };
@@ -384,14 +384,20 @@ fn serve_request(
     let service = service.clone();
     Box::pin(async move {
         match request {
-            Request::Subscribe { token, from } => match service.subscribe(token, from).await {
+            Request::Subscribe { token, from } => match service
+                .subscribe_over(crate::metrics::WIRE, token, from)
+                .await
+            {
                 Ok(subscription) => Reply::Subscribed {
                     id,
                     subscription: Box::new(subscription),
                 },
                 Err(error) => Reply::SubscribeRefused(Frame::Error { id, error }),
             },
-            request => match service.handle_from(peer.into(), request).await {
+            request => match service
+                .serve(crate::metrics::WIRE, peer.into(), request)
+                .await
+            {
                 Ok(response) => Reply::Frame(Frame::Response { id, response }),
                 Err(error) => error_frame(id, error),
             },

@@ -8,11 +8,10 @@ use std::time::Duration;
 use corvid_core::{
     Effect, Event, Message, MessageId, ReceiptStatus, Request, Response, SubscribeFrom, Token,
 };
-use corvid_raft::{Node, NodeConfig};
+use corvid_raft::Node;
 use corvid_server::hub::{Hub, HubLimits};
 use corvid_server::service::{Service, ServiceConfig, Subscription};
 use corvid_server::Config;
-use corvid_store::Member;
 
 const PASSWORD: &str = "correct horse battery";
 const WAIT: Duration = Duration::from_secs(10);
@@ -44,15 +43,10 @@ impl Harness {
             }
         });
         let node = Node::open(
-            NodeConfig {
-                data_dir: dir.path().to_path_buf(),
-                node_id: 1,
-                member: Member::default(),
-                cluster_id: None,
-                snapshot_every: corvid_raft::SNAPSHOT_EVERY,
-                snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
-                min_free_bytes: config.limits.min_free_disk_bytes,
-            },
+            corvid_raft::NodeConfig {
+            min_free_bytes: config.limits.min_free_disk_bytes,
+            ..corvid_raft::NodeConfig::single_server(dir.path().to_path_buf())
+        },
             effects,
         )
         .await
@@ -66,6 +60,7 @@ impl Harness {
                 session_policy: config.session_policy(),
                 max_text_bytes: config.limits.max_text_bytes,
                 login: config.login.clone(),
+                metrics: corvid_server::metrics::Metrics::off(),
             },
         )
         .unwrap();

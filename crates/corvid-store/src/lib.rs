@@ -80,6 +80,7 @@ pub mod error;
 pub mod identity;
 pub mod log;
 mod member;
+pub mod metrics;
 mod schema;
 mod snapshot;
 pub mod state;

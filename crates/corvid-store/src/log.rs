@@ -228,9 +228,15 @@ impl LogShared {
         then: impl FnOnce(io::Result<()>) + Send + 'static,
     ) -> Result<(), StoreError> {
         let store = self.store.clone();
+        let handed_over = std::time::Instant::now();
         let flushed = Flushed(Box::new(move |result: io::Result<()>| {
             if result.is_ok() {
-                store.counters.log_commits.fetch_add(1, Ordering::Relaxed);
+                let counters = &store.counters;
+                counters.log_commits.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .histograms
+                    .log_fsync_seconds
+                    .observe_duration(handed_over.elapsed());
             }
             then(result)
         }));
@@ -310,6 +316,16 @@ impl LogStore {
             .counters
             .log_bytes
             .store(wal.on_disk_size(), Ordering::Relaxed);
+        // What was committed when the server started: a restarted server is ready once it
+        // has applied that much (see corvid-server's readiness check).
+        let committed = wal
+            .log_state()
+            .committed()
+            .map_or(0, |id: &Stored<LogId>| id.0.index);
+        store
+            .counters
+            .committed_index
+            .store(committed, Ordering::Relaxed);
         Ok(LogStore {
             log: Arc::new(LogShared {
                 wal: Mutex::new(wal),
@@ -336,6 +352,10 @@ impl LogStore {
         counters
             .log_entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        counters
+            .histograms
+            .entries_per_flush
+            .observe(entries.len() as f64);
         self.log.write_then(
             |wal| {
                 // openraft purges only applied entries, so one at or below the purged id is
@@ -422,6 +442,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Buffered: the next flush writes it (see the module docs). openraft never moves the
         // committed id back to nothing.
         if let Some(committed) = committed {
+            self.log
+                .store
+                .counters
+                .committed_index
+                .fetch_max(committed.index, Ordering::Relaxed);
             self.log
                 .wal()
                 .commit(Stored(committed))

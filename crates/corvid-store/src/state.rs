@@ -128,6 +128,11 @@ fn apply_batch(
     let start = Instant::now();
     txn.commit()?;
     if sync {
+        shared
+            .counters
+            .histograms
+            .state_sync_seconds
+            .observe_duration(start.elapsed());
         tracing::debug!(
             entries = entries.len(),
             elapsed_ms = start.elapsed().as_secs_f64() * 1e3,
@@ -164,7 +169,9 @@ fn make_current(
         meta.insert(SNAPSHOT, encode(&record)?.as_slice())?;
     }
     txn.commit()?;
-    snapshots.set_current(record)
+    snapshots.set_current(record)?;
+    shared.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 fn build_snapshot(shared: &Shared, snapshots: &SnapshotDir) -> Result<SnapshotRecord, StoreError> {

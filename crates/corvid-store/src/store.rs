@@ -13,6 +13,7 @@ use crate::disk::DiskGuard;
 use crate::error::StoreError;
 use crate::identity::{ClusterId, FORMAT_VERSION};
 use crate::log::LogStore;
+use crate::metrics::{StoreHistogramSnapshots, StoreHistograms};
 use crate::schema::{
     encode, get_meta, prepare, SnapshotRecord, CLUSTER_ID, LAST_APPLIED, SM_META, SNAPSHOT,
 };
@@ -42,6 +43,9 @@ pub(crate) struct Counters {
     pub state_syncs: AtomicU64,
     pub log_bytes: AtomicU64,
     pub writes_refused: AtomicU64,
+    pub committed_index: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub histograms: StoreHistograms,
 }
 
 /// A copy of the store's counters.
@@ -67,6 +71,10 @@ pub struct StoreMetrics {
     pub log_bytes: u64,
     /// Writes refused because the disk is too full (see [`crate::disk`]).
     pub writes_refused: u64,
+    /// The index of the last entry openraft told the log is committed (0 before any).
+    pub committed_index: u64,
+    /// Snapshots made current since the store opened (built here or received).
+    pub snapshots: u64,
 }
 
 /// What the log and the state machine share: the state database and the counters.
@@ -247,6 +255,16 @@ impl StoreReader {
             state_syncs: c.state_syncs.load(Ordering::Relaxed),
             log_bytes: c.log_bytes.load(Ordering::Relaxed),
             writes_refused: c.writes_refused.load(Ordering::Relaxed),
+            committed_index: c.committed_index.load(Ordering::Relaxed),
+            snapshots: c.snapshots.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Copies of the store's latency and batch-size histograms (empty once it is closed).
+    pub fn histograms(&self) -> StoreHistogramSnapshots {
+        match self.shared() {
+            Ok(shared) => shared.counters.histograms.snapshot(),
+            Err(_) => StoreHistograms::default().snapshot(),
         }
     }
 }

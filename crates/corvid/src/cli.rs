@@ -93,6 +93,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
     },
+    /// Print one screen about a running server, from its admin listener: version, uptime,
+    /// role, readiness, connections, messages per second, log indexes, data size
+    Status {
+        /// The server's admin listener (`admin_listen`)
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
     /// Create an account (asks for its password twice)
     Register {
         /// Username: 1-32 characters of A-Z a-z 0-9 _ . -

@@ -8,6 +8,7 @@ mod error;
 mod output;
 mod password;
 mod session;
+mod status;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,10 @@ fn main() -> ExitCode {
     // `check` runs without a runtime and has exit statuses of its own.
     if let Command::Check { data } = &cli.command {
         return check::run(data);
+    }
+    // So does `status`, which asks the admin listener over plain HTTP.
+    if let Command::Status { admin } = &cli.command {
+        return status::run(admin);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

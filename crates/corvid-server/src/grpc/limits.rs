@@ -511,13 +511,16 @@ impl Drop for LimitedResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::RateLimiter;
     use tower_layer::Layer;
     use tower_service::Service;
 
     fn connection_limits(limits: &Limits) -> ConnectionLimits {
         let connection = ConnectionInfo {
-            limiter: Arc::new(RateLimiter::direct(limits.rate_quota())),
+            limiter: Arc::new(crate::admission::RequestRate::new(
+                limits,
+                crate::metrics::Metrics::off(),
+                crate::metrics::GRPC,
+            )),
             state: crate::admission::ConnectionState::new(tokio::time::Instant::now()),
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         };

@@ -104,7 +104,7 @@ impl UpgradeSlot {
 
 impl Frontend for WebFrontend {
     const PROTOCOL: Protocol = Protocol {
-        name: "http",
+        name: crate::metrics::WEB,
         handshake_bytes: REQUEST_LINE_MIN,
         closes_when_idle: false,
     };

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, SplitSink};
 use futures::{Future, FutureExt, SinkExt, StreamExt};
-use governor::DefaultDirectRateLimiter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -27,7 +26,7 @@ use corvid_core::{ApiError, ErrorCode, Request, Response};
 
 use super::json;
 use super::Arrivals;
-use crate::admission::{proves_session, ConnectionState};
+use crate::admission::{proves_session, ConnectionState, RequestRate};
 use crate::config::Limits;
 use crate::service::{Service, Subscription};
 
@@ -61,7 +60,7 @@ pub(super) struct Session {
     pub limits: Limits,
     pub shutdown: CancellationToken,
     pub peer: SocketAddr,
-    pub limiter: Arc<DefaultDirectRateLimiter>,
+    pub limiter: Arc<RequestRate>,
     pub state: Arc<ConnectionState>,
     pub arrivals: Arc<Arrivals>,
 }
@@ -246,7 +245,7 @@ impl Session {
             *subscription = None;
             *subscribing = true;
             return Some(Box::pin(async move {
-                match service.subscribe(token, from).await {
+                match service.subscribe_over(crate::metrics::WEB, token, from).await {
                     Ok(subscription) => Reply::Subscribed {
                         id,
                         subscription: Box::new(subscription),
@@ -256,7 +255,7 @@ impl Session {
             }));
         }
         Some(Box::pin(async move {
-            match service.handle_from(peer.into(), request).await {
+            match service.serve(crate::metrics::WEB, peer.into(), request).await {
                 Ok(response) if proves_session(&response) => {
                     Reply::Authenticated(json::response(id, &response))
                 }

@@ -72,6 +72,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The gRPC address.
     pub grpc: SocketAddr,
+    /// The admin listener's address, unless it is off.
+    pub admin: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -112,6 +114,8 @@ impl Server {
                 grpc_listen,
                 "--http-listen",
                 "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data")
             .arg(data)
@@ -141,10 +145,14 @@ impl Server {
                 )
             });
         let (addr, grpc) = parse_ready_line(&line);
+        let admin = line
+            .split_once("admin ")
+            .and_then(|(_, rest)| rest.split([',', ')']).next()?.parse().ok());
         Server {
             child,
             addr,
             grpc,
+            admin,
             log,
         }
     }
