@@ -165,6 +165,12 @@ pub enum Command {
     /// a login starts with every unread message, oldest first. Printed messages stay
     /// unread: `corvid read` marks them read.
     Listen,
+    /// Chat full-screen: conversations, live messages and receipts, finding people
+    ///
+    /// Starts with the session of `corvid login` if there is one, else shows a login
+    /// screen (and keeps the new session in the session file). The keys that work are
+    /// shown at the bottom of the screen; Ctrl-C quits.
+    Chat,
 }
 
 fn page_size(text: &str) -> Result<u32, String> {
