@@ -320,6 +320,9 @@ mod tests {
         let cli = parse(&["--session", "/tmp/s.json", "listen"]).unwrap();
         assert!(matches!(cli.command, Command::Listen));
         assert_eq!(cli.global.session, Some(PathBuf::from("/tmp/s.json")));
+        let cli = parse(&["--server", "a:1,b:2", "--transport", "grpc", "chat"]).unwrap();
+        assert!(matches!(cli.command, Command::Chat));
+        assert_eq!(cli.global.transport, Some(TransportArg::Grpc));
         assert!(matches!(
             parse(&["logout"]).unwrap().command,
             Command::Logout
