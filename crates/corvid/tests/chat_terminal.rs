@@ -8,18 +8,22 @@
 #[macro_use]
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Server, Transport, User, PASSWORD};
 use corvid_client::{Client, ClientConfig};
 use corvid_core::{Event, ReceiptStatus};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 /// How long the screen may take to show what the test waits for.
 const SCREEN_DEADLINE: Duration = Duration::from_secs(20);
 
-over_both_transports!(chat_in_a_real_terminal_logs_in_sends_and_shows_a_live_reply);
+over_both_transports!(
+    chat_in_a_real_terminal_logs_in_sends_and_shows_a_live_reply,
+    chat_starts_from_a_saved_tls_session_and_q_quits,
+);
 
 /// A tmux server of the test's own (its own socket), holding one 80×24 session.
 struct Tmux {
@@ -243,6 +247,25 @@ fn chat_in_a_real_terminal_logs_in_sends_and_shows_a_live_reply(transport: Trans
         .unwrap();
     tmux.wait_for("alice: hello from the terminal (read)");
 
+    // A narrower, shorter terminal: the conversation alone, redrawn to fit.
+    assert!(tmux
+        .run(&["resize-window", "-t", "chat", "-x", "44", "-y", "16"])
+        .status
+        .success());
+    let narrow = tmux.wait_until("the conversation alone in 44 columns", |screen| {
+        screen.contains("Message to bob") && !screen.contains("Conversations")
+    });
+    assert!(
+        narrow.lines().all(|line| line.chars().count() <= 44),
+        "{narrow}"
+    );
+    assert!(narrow.contains("pushed live"), "{narrow}");
+    assert!(tmux
+        .run(&["resize-window", "-t", "chat", "-x", "80", "-y", "24"])
+        .status
+        .success());
+    tmux.wait_for("Conversations");
+
     // Finding people: Bob is online.
     tmux.keys(&["C-f"]);
     tmux.type_text("b*");
@@ -268,4 +291,77 @@ fn chat_in_a_real_terminal_logs_in_sends_and_shows_a_live_reply(transport: Trans
     // The login made on the screen was saved for the next command.
     let saved = std::fs::read_to_string(&alice.session).unwrap();
     assert!(saved.contains("\"username\": \"alice\""), "{saved}");
+}
+
+/// A CA and a server certificate it signed for 127.0.0.1, as PEM files:
+/// (CA, certificate, key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+fn chat_starts_from_a_saved_tls_session_and_q_quits(transport: Transport) {
+    if !Tmux::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let alice = User::new(dir.path(), "alice", &server, transport).with_tls_ca(&ca);
+    let bob = User::new(dir.path(), "bob", &server, transport).with_tls_ca(&ca);
+    alice.register();
+    bob.register();
+    bob.login();
+    bob.ok(&["send", "alice", "over tls"]);
+    alice.login();
+
+    // No flags but the session file: its servers, protocol and CA are used.
+    let command = format!(
+        "{} --session {} chat; echo \"chat exited $?\"; sleep 600",
+        quoted(Path::new(env!("CARGO_BIN_EXE_corvid"))),
+        quoted(&alice.session),
+    );
+    let socket = format!(
+        "corvid-chat-tls-{}-{}",
+        std::process::id(),
+        transport.name()
+    );
+    let tmux = Tmux::start(&socket, &command);
+    let screen = tmux.wait_until("bob with 1 unread", |screen| {
+        screen
+            .lines()
+            .any(|line| line.starts_with("│›bob") && line.contains("1│"))
+    });
+    assert!(!screen.contains("Log in to Corvid"), "{screen}");
+    assert!(
+        screen.contains(&format!("({}, TLS)", transport.name())),
+        "{screen}"
+    );
+    tmux.keys(&["q"]);
+    tmux.wait_for("chat exited 0");
+    assert!(!tmux.alternate_screen());
 }
