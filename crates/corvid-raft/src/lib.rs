@@ -8,12 +8,22 @@
 //! the caller decides whether to [`Node::initialize`] a new cluster; [`Node::wait_ready`]
 //! waits until a leader is known. A single server (the only kind today) initializes itself
 //! as a cluster of one on its first start ([`Node::initialize_alone`]) and leads it; on
-//! later starts it resumes its log and elects itself at once. The [`network`] module is
-//! where the transport for 3- and 5-server clusters goes.
+//! later starts it resumes its log and elects itself at once. A server of a cluster
+//! initializes the cluster with every configured member (openraft makes doing so on several
+//! servers safe), and reaches the others through the [`network`]; [`peer`] answers them.
+//!
+//! Any server serves every operation: a follower's proposer sends its batch to the leader
+//! (forward-write), and a follower's read asks the leader for a read index, waits until it
+//! has applied that far, and reads its own state (see [`Node::write`], [`Node::read`]).
 
 pub mod network;
 mod node;
+pub mod peer;
+pub mod presence;
 pub mod proposer;
 
 pub use corvid_store::typ;
-pub use node::{raft_config, Node, NodeConfig, NodeError, SNAPSHOT_EVERY, SNAPSHOT_LOG_BYTES};
+pub use network::Peers;
+pub use node::{
+    raft_config, Node, NodeConfig, NodeError, RaftTiming, SNAPSHOT_EVERY, SNAPSHOT_LOG_BYTES,
+};

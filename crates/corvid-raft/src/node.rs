@@ -2,25 +2,48 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use corvid_core::{Command, Outcome, Tables};
 use corvid_store::typ::{
-    CheckIsLeaderError, Fatal, ForwardToLeader, InitializeError, Member, Raft, RaftConfig,
+    CheckIsLeaderError, Fatal, ForwardToLeader, InitializeError, Member, NodeId, Raft, RaftConfig,
     RaftError,
 };
 use corvid_store::{Closed, ClusterId, EffectSink, Store, StoreError, StoreMetrics, StoreReader};
 use openraft::SnapshotPolicy;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::network::Network;
+use crate::network::{LinkError, Network, Peers, SNAPSHOT_CHUNK_BYTES};
+use crate::peer::{MembershipChange, NodeStatus, PeerCall, PeerService, PresenceReport, Refusal};
+use crate::presence::{Presence, PRESENCE_EVERY};
 use crate::proposer::Proposer;
 
 /// How long `shutdown` waits for openraft to release the store.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// openraft's timing: how often a leader sends heartbeats, and how long a follower waits
+/// without one before it stands for election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl RaftTiming {
+    /// A single server's: it never waits for anyone, and elects itself at once on start.
+    pub const SINGLE_SERVER: RaftTiming = RaftTiming {
+        heartbeat_ms: 200,
+        election_timeout_min_ms: 1000,
+        election_timeout_max_ms: 2000,
+    };
+}
+
 /// Where and as whom a node runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Holds `log/`, `state.redb` and `snapshots/`.
     pub data_dir: PathBuf,
@@ -41,6 +64,12 @@ pub struct NodeConfig {
     /// Writes are refused (`NodeError::Store(StoreError::StorageFull)`) while less than this
     /// is free on the data directory's disk: [`corvid_store::disk::DEFAULT_MIN_FREE_BYTES`].
     pub min_free_bytes: u64,
+    /// How this server reaches the others ([`Peers::none`] for a single server).
+    pub peers: Peers,
+    /// openraft's heartbeat and election timing.
+    pub timing: RaftTiming,
+    /// Bytes of entries one append request may carry (see `network`).
+    pub max_append_bytes: u64,
 }
 
 /// Log entries between snapshots. A snapshot bounds both the log on disk and the replay a
@@ -58,6 +87,16 @@ const LOG_SIZE_CHECK: Duration = Duration::from_secs(1);
 const KEEP_AFTER_SNAPSHOT: u64 = 1000;
 /// Entries purged at a time, at least.
 const PURGE_BATCH: u64 = 1024;
+/// How long a read waits for a leader, its read index and its own state to reach it
+/// before it answers `unavailable`: an election on loopback takes well under it.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one read-index call to the leader may take.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one presence report to a peer may take.
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a server waits to retry a call to the leader that was not served (no leader
+/// yet, or the leader just changed), unless the leader changes sooner.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why the node could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -130,13 +169,16 @@ impl From<RaftError<CheckIsLeaderError>> for NodeError {
 }
 
 /// openraft's configuration for Corvid, with a snapshot every `snapshot_every` entries.
-pub fn raft_config(snapshot_every: u64) -> Result<RaftConfig, NodeError> {
+pub fn raft_config(snapshot_every: u64, timing: RaftTiming) -> Result<RaftConfig, NodeError> {
     let config = RaftConfig {
         cluster_name: "corvid".into(),
-        // A leader is missed after 1-2 s of silence; heartbeats come five times as often.
-        heartbeat_interval: 200,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
+        // Snapshots go to a follower in chunks a message can carry; each chunk (the last
+        // one installs the snapshot) has this long.
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT.min(snapshot_every),
         purge_batch_size: PURGE_BATCH.min(snapshot_every),
@@ -167,6 +209,15 @@ pub struct Node {
     raft: Raft,
     proposer: Proposer,
     reader: StoreReader,
+    peers: Peers,
+    /// What the other servers reported of their subscribers.
+    presence: Arc<Presence>,
+    /// Set once this server finds itself out of the cluster's membership.
+    removed: Arc<AtomicBool>,
+    /// Answers the other servers.
+    peer_service: Arc<PeerService>,
+    /// Stops this node's background tasks.
+    stop: CancellationToken,
     /// Taken by the first `shutdown`.
     closed: tokio::sync::Mutex<Option<Closed>>,
 }
@@ -197,8 +248,8 @@ impl Node {
         reader.set_min_free_bytes(config.min_free_bytes);
         let raft = Raft::new(
             config.node_id,
-            Arc::new(raft_config(config.snapshot_every)?),
-            Network::new(),
+            Arc::new(raft_config(config.snapshot_every, config.timing)?),
+            Network::new(config.peers.clone(), config.max_append_bytes),
             log,
             state_machine,
         )
@@ -208,13 +259,34 @@ impl Node {
             reader.clone(),
             config.snapshot_log_bytes,
         ));
+        let presence = Arc::new(Presence::default());
+        let removed = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        tokio::spawn(notice_removal(
+            config.node_id,
+            raft.clone(),
+            config.peers.clone(),
+            removed.clone(),
+            stop.clone(),
+        ));
         let node = Node {
             id: config.node_id,
             member: config.member.clone(),
             expected_cluster: config.cluster_id,
-            proposer: Proposer::start(raft.clone()),
+            proposer: Proposer::start(raft.clone(), config.node_id, config.peers.clone()),
+            peer_service: Arc::new(PeerService::new(
+                config.node_id,
+                raft.clone(),
+                reader.clone(),
+                presence.clone(),
+                removed.clone(),
+            )),
             raft,
             reader,
+            peers: config.peers,
+            presence,
+            removed,
+            stop,
             closed: tokio::sync::Mutex::new(Some(closed)),
         };
         if let Err(e) = node.resume().await {
@@ -321,18 +393,215 @@ impl Node {
     }
 
     /// Proposes a command; returns once it is committed (durable on a quorum) and applied.
-    /// Concurrent writes share a log entry, and so an fsync (see `proposer`).
+    /// Concurrent writes share a log entry, and so an fsync (see `proposer`). On a follower
+    /// the batch is forwarded to the leader, which proposes it as one entry.
     pub async fn write(&self, command: Command) -> Result<Outcome, NodeError> {
+        self.check_member()?;
         // A full disk refuses the write here, before openraft could meet ENOSPC.
         self.reader.check_free_space()?;
         self.proposer.propose(command).await
     }
 
-    /// A linearizable read: confirms leadership with a quorum, waits until everything
-    /// committed before the call is applied, then runs `f` on a read transaction.
+    /// A linearizable read: sees every write acknowledged before it began, on any server.
+    ///
+    /// The leader confirms its leadership with a quorum and waits until everything
+    /// committed before the call is applied (openraft's `ensure_linearizable`). A follower
+    /// asks the leader for that same read index, waits until it has applied that far
+    /// itself, and reads its own state. Either then runs `f` on a read transaction.
     pub async fn read<R>(&self, f: impl FnOnce(&dyn Tables) -> R) -> Result<R, NodeError> {
-        self.raft.ensure_linearizable().await?;
+        self.check_member()?;
+        self.wait_linearizable().await?;
         Ok(self.reader.read(f)?)
+    }
+
+    async fn wait_linearizable(&self) -> Result<(), NodeError> {
+        if self.is_sole_voter() {
+            self.raft.ensure_linearizable().await?;
+            return Ok(());
+        }
+        let deadline = Instant::now() + READ_DEADLINE;
+        loop {
+            let Some((leader, member)) = wait_for_leader(&self.raft, deadline).await else {
+                return Err(NodeError::Unavailable("no leader is known".into()));
+            };
+            if leader == self.id {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => return Ok(()),
+                    // Leadership moved while confirming it: ask the new leader.
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                let address = self.peers.address(leader, Some(&member));
+                let index: Result<Result<Option<u64>, Refusal>, LinkError> = self
+                    .peers
+                    .call(
+                        leader,
+                        &address,
+                        PeerCall::ReadIndex,
+                        &(),
+                        READ_INDEX_TIMEOUT.min(deadline - Instant::now()),
+                    )
+                    .await;
+                match index {
+                    Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
+                    Ok(Err(refusal)) => {
+                        tracing::debug!(%refusal, leader, "read index refused; retrying")
+                    }
+                    Err(LinkError::Refused(reason)) => {
+                        return Err(NodeError::Unavailable(format!(
+                            "the leader refused a read index: {reason}"
+                        )))
+                    }
+                    Err(e) => tracing::debug!(error = %e, leader, "no read index; retrying"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(
+                    "no read index from a leader in time".into(),
+                ));
+            }
+            pause(&self.raft, deadline).await;
+        }
+    }
+
+    /// Waits until this server has applied the log up to `index`.
+    async fn wait_applied(&self, index: Option<u64>, deadline: Instant) -> Result<(), NodeError> {
+        let Some(index) = index else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "the read index")
+            .await
+            .map_err(|e| {
+                NodeError::Unavailable(format!("this server did not catch up in time: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Refuses to serve once this server is no longer a member of its cluster.
+    fn check_member(&self) -> Result<(), NodeError> {
+        if self.removed.load(Ordering::Relaxed) {
+            return Err(NodeError::Unavailable(
+                "this server was removed from the cluster".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server-to-server service of this node, for the listener (or a test's router).
+    pub fn peer_service(&self) -> Arc<PeerService> {
+        self.peer_service.clone()
+    }
+
+    /// This server's role, term, indexes and membership.
+    pub fn status(&self) -> NodeStatus {
+        self.peer_service.status()
+    }
+
+    /// Whether `username` has a live subscription on another server of the cluster (as
+    /// that server reported within the last few seconds).
+    pub fn is_online_elsewhere(&self, username: &str) -> bool {
+        self.presence.is_online_elsewhere(username)
+    }
+
+    /// Sends `local()` (the folded usernames with a live subscription on this server) to
+    /// every other member each [`PRESENCE_EVERY`], until the node shuts down.
+    pub fn report_presence(&self, local: Arc<dyn Fn() -> Vec<String> + Send + Sync>) {
+        let raft = self.raft.clone();
+        let peers = self.peers.clone();
+        let id = self.id;
+        let stop = self.stop.clone();
+        let removed = self.removed.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(PRESENCE_EVERY);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = interval.tick() => {}
+                }
+                if removed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let others: Vec<(NodeId, Member)> = {
+                    let metrics = raft.metrics();
+                    let metrics = metrics.borrow();
+                    metrics
+                        .membership_config
+                        .membership()
+                        .nodes()
+                        .filter(|(other, _)| **other != id)
+                        .map(|(other, member)| (*other, member.clone()))
+                        .collect()
+                };
+                if others.is_empty() {
+                    continue;
+                }
+                let report = PresenceReport {
+                    from: id,
+                    usernames: local(),
+                };
+                let calls = others.iter().map(|(other, member)| {
+                    let address = peers.address(*other, Some(member));
+                    let peers = &peers;
+                    let report = &report;
+                    async move {
+                        let sent: Result<(), LinkError> = peers
+                            .call(
+                                *other,
+                                &address,
+                                PeerCall::Presence,
+                                report,
+                                PRESENCE_TIMEOUT,
+                            )
+                            .await;
+                        if let Err(e) = sent {
+                            tracing::debug!(peer = other, error = %e, "presence not sent");
+                        }
+                    }
+                });
+                futures::future::join_all(calls).await;
+            }
+        });
+    }
+
+    /// Adds a server (a learner first, a voter once caught up) or removes one, on the
+    /// leader: here if this server leads, else through it.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), NodeError> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        let Some((leader, member)) = wait_for_leader(&self.raft, deadline).await else {
+            return Err(NodeError::Unavailable("no leader is known".into()));
+        };
+        let address = self.peers.address(leader, Some(&member));
+        let answer: Result<Result<(), Refusal>, LinkError> = if leader == self.id {
+            let body = crate::peer::encode(PeerCall::ChangeMembership, &change)
+                .map_err(|e| NodeError::Fatal(e.to_string()))?;
+            let answer = self
+                .peer_service
+                .handle(PeerCall::ChangeMembership, &body)
+                .await
+                .map_err(|e| NodeError::Fatal(e.to_string()))?;
+            Ok(crate::peer::decode(PeerCall::ChangeMembership, &answer)
+                .map_err(|e| NodeError::Fatal(e.to_string()))?)
+        } else {
+            self.peers
+                .call(
+                    leader,
+                    &address,
+                    PeerCall::ChangeMembership,
+                    &change,
+                    Duration::from_secs(600),
+                )
+                .await
+        };
+        match answer {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refusal)) => Err(NodeError::Unavailable(refusal.to_string())),
+            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
     }
 
     /// A read of this server's own state, without asking the cluster: it may be stale on a
@@ -347,6 +616,7 @@ impl Node {
         let Some(closed) = self.closed.lock().await.take() else {
             return Ok(());
         };
+        self.stop.cancel();
         self.raft
             .shutdown()
             .await
@@ -369,6 +639,110 @@ impl Node {
     pub fn store_metrics(&self) -> StoreMetrics {
         self.reader.metrics()
     }
+}
+
+/// Waits, until `deadline`, for a leader whose member record this server knows.
+pub(crate) async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Option<(NodeId, Member)> {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let now = metrics.borrow_and_update();
+            if let Some(leader) = now.current_leader {
+                if let Some(member) = now.membership_config.membership().get_node(&leader) {
+                    return Some((leader, member.clone()));
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}
+
+/// Waits a little before a call to the leader is retried: until the metrics change (a new
+/// leader, say), [`RETRY_PAUSE`], or `deadline`, whichever comes first.
+pub(crate) async fn pause(raft: &Raft, deadline: Instant) {
+    let mut metrics = raft.metrics();
+    metrics.borrow_and_update();
+    let until = deadline.min(Instant::now() + RETRY_PAUSE);
+    let _ = tokio::time::timeout_at(until, metrics.changed()).await;
+}
+
+/// Watches the membership: once this server is not in it (it was removed), it stops
+/// serving, says so once, and no longer stands for election, so that it does not disturb
+/// the cluster it left.
+///
+/// A removed server is often never sent the membership entry that removes it (the leader
+/// stops replicating to it), so it sees only that no leader talks to it any more. While it
+/// knows no leader it asks the other members for their status each [`REMOVAL_PROBE`]: one
+/// that follows a leader and whose membership lacks this server proves the removal.
+async fn notice_removal(
+    id: NodeId,
+    raft: Raft,
+    peers: Peers,
+    removed: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let mut probe = tokio::time::interval(REMOVAL_PROBE);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (out, others) = {
+            let now = metrics.borrow_and_update();
+            let membership = now.membership_config.membership();
+            let initialized = membership.voter_ids().next().is_some();
+            let others: Vec<(NodeId, Member)> = if now.current_leader.is_none() {
+                membership
+                    .nodes()
+                    .filter(|(other, _)| **other != id)
+                    .map(|(other, member)| (*other, member.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (initialized && membership.get_node(&id).is_none(), others)
+        };
+        let out = out || removed_by_peers(id, &peers, &others).await;
+        if out {
+            if !removed.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    node = id,
+                    "this server was removed from the cluster's membership: it no longer serves \
+                     clients or stands for election"
+                );
+                raft.runtime_config().elect(false);
+            }
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = probe.tick() => {}
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// How often a server that knows no leader asks the others whether it was removed.
+const REMOVAL_PROBE: Duration = Duration::from_secs(1);
+
+/// Whether one of `others` follows a leader in a membership without server `id`.
+async fn removed_by_peers(id: NodeId, peers: &Peers, others: &[(NodeId, Member)]) -> bool {
+    for (other, member) in others {
+        let address = peers.address(*other, Some(member));
+        let status: Result<NodeStatus, LinkError> = peers
+            .call(*other, &address, PeerCall::Status, &(), PRESENCE_TIMEOUT)
+            .await;
+        if let Ok(status) = status {
+            if status.leader.is_some()
+                && !status.removed
+                && !status.members.iter().any(|(member, _, _)| *member == id)
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Triggers a snapshot each time the log holds `limit` bytes more than the least it held

@@ -10,14 +10,27 @@
 //!
 //! Entries are handed to openraft in the order their first command arrived, so writes keep
 //! their submission order.
+//!
+//! On a follower the same batch goes to the leader over forward-write, and the leader
+//! proposes it as one entry. When a forward's answer is lost (a deadline, a leader that
+//! died), the batch may or may not have been applied: only commands that cannot act twice
+//! are sent again — a `Send` with a client id (the state machine answers a repeat with
+//! the original message), `MarkRead`, `MarkDelivered`, `DeleteMessages` and `Touch`
+//! (applying them twice is applying them once). The others (a `Send` without a client id,
+//! account and session commands) are answered `unavailable`: the client decides.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use corvid_core::{Command, Outcome};
-use corvid_store::typ::{ClientWriteError, Raft};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use corvid_store::typ::{ClientWriteError, NodeId, Raft, RaftError};
+use corvid_store::StoreError;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use crate::node::NodeError;
+use crate::network::{LinkError, Peers};
+use crate::node::{pause, wait_for_leader, NodeError};
+use crate::peer::{PeerCall, Refusal};
 
 /// Entries proposed and not yet applied, at most. Two lets one entry be fsync'd while the
 /// previous one is applied.
@@ -26,10 +39,17 @@ pub const MAX_IN_FLIGHT: usize = 2;
 pub const MAX_COMMANDS: usize = 1024;
 /// Approximate bytes of commands in one entry, at most (one large message still fits).
 pub const MAX_BYTES: usize = 4 << 20;
+/// How long a follower keeps trying to get a batch to a leader (through an election)
+/// before it answers `unavailable`.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one forward-write call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+type Reply = oneshot::Sender<Result<Outcome, NodeError>>;
 
 struct Pending {
     command: Command,
-    reply: oneshot::Sender<Result<Outcome, NodeError>>,
+    reply: Reply,
 }
 
 /// The queue of commands waiting to be proposed.
@@ -38,10 +58,10 @@ pub(crate) struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the proposing task. It ends when the proposer is dropped.
-    pub(crate) fn start(raft: Raft) -> Proposer {
+    /// Starts the proposing task of node `id`. It ends when the proposer is dropped.
+    pub(crate) fn start(raft: Raft, id: NodeId, peers: Peers) -> Proposer {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, pending));
+        tokio::spawn(run(raft, id, peers, pending));
         Proposer { queue }
     }
 
@@ -79,7 +99,39 @@ fn size(command: &Command) -> usize {
         }
 }
 
-async fn run(raft: Raft, mut pending: mpsc::UnboundedReceiver<Pending>) {
+/// Whether a command may be proposed again when it is unknown whether it was applied.
+pub fn is_retry_safe(command: &Command) -> bool {
+    match command {
+        Command::Send { client_id, .. } => *client_id != 0,
+        Command::MarkRead { .. }
+        | Command::MarkDelivered { .. }
+        | Command::DeleteMessages { .. }
+        | Command::Touch { .. } => true,
+        Command::CreateAccount { .. }
+        | Command::Login { .. }
+        | Command::Logout { .. }
+        | Command::DeleteAccount { .. } => false,
+    }
+}
+
+/// Whether this node should hand its batch to another server: another leads, or nobody is
+/// known to lead in a cluster of several, where the forward waits for an election. A
+/// single server, and a node not initialized yet, propose to themselves as ever (refused
+/// at once when they do not lead).
+fn forwards(raft: &Raft, id: NodeId) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    match metrics.current_leader {
+        Some(leader) => leader != id,
+        None => metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter != id),
+    }
+}
+
+async fn run(raft: Raft, id: NodeId, peers: Peers, mut pending: mpsc::UnboundedReceiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // A command that did not fit in the previous entry starts the next one.
     let mut carried: Option<Pending> = None;
@@ -106,6 +158,10 @@ async fn run(raft: Raft, mut pending: mpsc::UnboundedReceiver<Pending>) {
             }
             batch.push(next);
         }
+        if forwards(&raft, id) {
+            tokio::spawn(forward(raft.clone(), id, peers.clone(), batch, permit));
+            continue;
+        }
         let (commands, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         match raft.client_write_ff(commands).await {
@@ -128,6 +184,98 @@ async fn run(raft: Raft, mut pending: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
+/// Gets a follower's batch applied by the leader, through leader changes, until
+/// [`FORWARD_DEADLINE`]; holds `permit` (an entry in flight) meanwhile.
+async fn forward(
+    raft: Raft,
+    id: NodeId,
+    peers: Peers,
+    mut batch: Vec<Pending>,
+    permit: OwnedSemaphorePermit,
+) {
+    let deadline = Instant::now() + FORWARD_DEADLINE;
+    loop {
+        let Some((leader, member)) = wait_for_leader(&raft, deadline).await else {
+            return fail_pending(NodeError::Unavailable("no leader is known".into()), batch);
+        };
+        let commands: Vec<Command> = batch.iter().map(|p| p.command.clone()).collect();
+        if leader == id {
+            // This server leads now: propose here.
+            let result = raft.client_write(commands).await;
+            drop(permit);
+            let replies = batch.into_iter().map(|p| p.reply).collect();
+            return match result {
+                Ok(response) => deliver(response.data, replies),
+                Err(RaftError::APIError(e)) => fail(client_write_error(e), replies),
+                Err(RaftError::Fatal(fatal)) => fail(fatal.into(), replies),
+            };
+        }
+        let address = peers.address(leader, Some(&member));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer: Result<Result<Vec<Outcome>, Refusal>, LinkError> = peers
+            .call(
+                leader,
+                &address,
+                PeerCall::ForwardWrite,
+                &commands,
+                FORWARD_TIMEOUT.min(left),
+            )
+            .await;
+        match answer {
+            Ok(Ok(outcomes)) => {
+                drop(permit);
+                return deliver(outcomes, batch.into_iter().map(|p| p.reply).collect());
+            }
+            // Not acted on: the whole batch may go again, to whoever leads next.
+            Ok(Err(Refusal::NotLeader { .. } | Refusal::Removed | Refusal::Unavailable(_)))
+            | Err(LinkError::NotSent(_)) => {}
+            Ok(Err(Refusal::StorageFull {
+                available,
+                min_free,
+            })) => {
+                let full = NodeError::Store(StoreError::StorageFull {
+                    available,
+                    min_free,
+                });
+                return fail_pending(full, batch);
+            }
+            Err(LinkError::Refused(reason)) => {
+                return fail_pending(
+                    NodeError::Unavailable(format!("the leader refused the write: {reason}")),
+                    batch,
+                )
+            }
+            Ok(Err(Refusal::Unknown(reason))) | Err(LinkError::Lost(reason)) => {
+                // Perhaps applied: only what cannot act twice is sent again.
+                let (again, unsure): (Vec<Pending>, Vec<Pending>) =
+                    batch.into_iter().partition(|p| is_retry_safe(&p.command));
+                fail_pending(
+                    NodeError::Unavailable(format!(
+                        "the leader's answer was lost ({reason}): the write may or may not \
+                         have been applied"
+                    )),
+                    unsure,
+                );
+                batch = again;
+                if batch.is_empty() {
+                    return;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return fail_pending(
+                NodeError::Unavailable("no leader took the write in time".into()),
+                batch,
+            );
+        }
+        pause(&raft, deadline).await;
+    }
+}
+
+fn fail_pending(error: NodeError, batch: Vec<Pending>) {
+    fail(error, batch.into_iter().map(|p| p.reply).collect());
+}
+
 fn client_write_error(e: ClientWriteError) -> NodeError {
     match e {
         ClientWriteError::ForwardToLeader(forward) => forward.into(),
@@ -135,7 +283,7 @@ fn client_write_error(e: ClientWriteError) -> NodeError {
     }
 }
 
-fn deliver(outcomes: Vec<Outcome>, replies: Vec<oneshot::Sender<Result<Outcome, NodeError>>>) {
+fn deliver(outcomes: Vec<Outcome>, replies: Vec<Reply>) {
     if outcomes.len() != replies.len() {
         let error = NodeError::Fatal(format!(
             "{} commands were applied with {} outcomes",
@@ -150,7 +298,7 @@ fn deliver(outcomes: Vec<Outcome>, replies: Vec<oneshot::Sender<Result<Outcome, 
     }
 }
 
-fn fail(error: NodeError, replies: Vec<oneshot::Sender<Result<Outcome, NodeError>>>) {
+fn fail(error: NodeError, replies: Vec<Reply>) {
     for reply in replies {
         let _ = reply.send(Err(error.share()));
     }

@@ -14,6 +14,8 @@ use corvid_core::SessionPolicy;
 pub const DEFAULT_PORT: u16 = 7070;
 /// The default port of gRPC.
 pub const DEFAULT_GRPC_PORT: u16 = corvid_grpc::DEFAULT_PORT;
+/// The default port of the HTTP listener (the web UI and its WebSocket API).
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// Everything `corvid serve` can be told. Field docs are the reference for the TOML file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,10 @@ pub struct Config {
     /// Address of the gRPC listener, or `"off"` for no gRPC. Port 0 picks a free port.
     #[serde(with = "optional_address")]
     pub grpc_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener (the web UI at `/`, its WebSocket API at `/api/ws`),
+    /// or `"off"` for none. Port 0 picks a free port.
+    #[serde(with = "optional_address")]
+    pub http_listen: Option<SocketAddr>,
     /// Threads of the async runtime, which serves connections and runs Raft. 0 (the
     /// default) means one fewer than the machine's cores, at least one: the state machine
     /// applies on a thread of its own, and the log fsyncs on another.
@@ -35,6 +41,9 @@ pub struct Config {
     pub log: Log,
     pub tls: Tls,
     pub login: Login,
+    /// The servers of a cluster, shared by all of them; absent for a single server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
 }
 
 /// The longest connection deadline a configuration may set (a day).
@@ -224,12 +233,14 @@ impl Default for Config {
             data_dir: PathBuf::from("corvid-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_GRPC_PORT))),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
             worker_threads: 0,
             limits: Limits::default(),
             sessions: Sessions::default(),
             log: Log::default(),
             tls: Tls::default(),
             login: Login::default(),
+            cluster: None,
         }
     }
 }
@@ -297,7 +308,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults with data in `data_dir` and both listeners on free loopback ports: what a
+    /// Defaults with data in `data_dir` and every listener on a free loopback port: what a
     /// test or a benchmark that runs several servers side by side wants.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -305,6 +316,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen: any_port,
             grpc_listen: Some(any_port),
+            http_listen: Some(any_port),
             ..Config::default()
         }
     }
@@ -390,7 +402,35 @@ impl Config {
             return fail("worker_threads must be 0 (automatic) to 1024");
         }
         self.login.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
+    }
+
+    /// This configuration as member `id` of its `[cluster]` runs it (`corvid serve --id`):
+    /// the member's client addresses become the listeners, and its data directory, if it
+    /// names one, the data directory.
+    pub fn as_member(mut self, id: u64) -> Result<Config, ConfigError> {
+        let Some(cluster) = &mut self.cluster else {
+            return Err(ConfigError::Invalid(
+                "--id needs a [cluster] section in the configuration file".into(),
+            ));
+        };
+        let Some(member) = cluster.members.iter().find(|m| m.id == id).cloned() else {
+            let ids: Vec<String> = cluster.members.iter().map(|m| m.id.to_string()).collect();
+            return Err(ConfigError::Invalid(format!(
+                "--id {id} is not a member of the cluster (members: {})",
+                ids.join(", ")
+            )));
+        };
+        cluster.serve_as = Some(id);
+        self.listen = member.wire;
+        self.grpc_listen = member.grpc;
+        if let Some(data) = member.data {
+            self.data_dir = data;
+        }
+        Ok(self)
     }
 
     pub fn session_policy(&self) -> SessionPolicy {
@@ -436,6 +476,211 @@ impl Limits {
     pub fn rate_quota(&self) -> Quota {
         Quota::per_second(NonZeroU32::new(self.requests_per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(self.request_burst).unwrap_or(NonZeroU32::MIN))
+    }
+}
+
+/// The most servers a cluster may have. Raft needs a majority for every write, so each
+/// server added slows writes; 3 and 5 are the sizes the project tests and measures.
+pub const MAX_CLUSTER_MEMBERS: usize = 7;
+/// The shortest shared secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// A cluster of servers (`[cluster]`): the same section in every server's file, each server
+/// started with `corvid serve --id N`. Without it the server runs alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The cluster's name. Its id (recorded in every data directory) is derived from it, so
+    /// a server refuses the data directory of a cluster of another name.
+    pub name: String,
+    /// File holding the secret every server-to-server request carries (at least 16 bytes;
+    /// surrounding whitespace is ignored). Required when any server-to-server address is
+    /// not loopback. A relative path is taken from the current directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Milliseconds between a leader's heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A follower that has heard no leader for a random time between this and
+    /// `election_timeout_max_ms` milliseconds stands for election.
+    #[serde(default = "default_election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    #[serde(default = "default_election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// Bytes of log entries one append request may carry (a single larger entry still goes
+    /// alone): a follower far behind is sent its entries in pieces of this size.
+    #[serde(default = "default_max_append_bytes")]
+    pub max_append_bytes: u64,
+    /// The servers, 1 to 7 of them.
+    pub members: Vec<ClusterMember>,
+    /// Which member this server is: set by `corvid serve --id`, never in the file.
+    #[serde(skip)]
+    pub serve_as: Option<u64>,
+}
+
+/// One server of `[cluster]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    /// The server's id in the cluster: positive, unique, never reused for another server.
+    pub id: u64,
+    /// Where the other servers reach this one (`host:port`); bound unless `raft_listen` is set.
+    pub raft: String,
+    /// The address the server-to-server listener binds, when it differs from `raft` (as
+    /// `0.0.0.0:7170` behind a named address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_listen: Option<SocketAddr>,
+    /// The binary protocol's listener of this server.
+    pub wire: SocketAddr,
+    /// The gRPC listener of this server; absent means no gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<SocketAddr>,
+    /// Where this server's web listener is, recorded in its member record for clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// This server's data directory; absent means `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+fn default_election_timeout_min_ms() -> u64 {
+    400
+}
+fn default_election_timeout_max_ms() -> u64 {
+    700
+}
+fn default_max_append_bytes() -> u64 {
+    1 << 20
+}
+
+impl ClusterMember {
+    /// The address the server-to-server listener binds.
+    pub fn raft_bind(&self) -> Result<SocketAddr, ConfigError> {
+        match self.raft_listen {
+            Some(address) => Ok(address),
+            None => self.raft.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "cluster member {}: raft = \"{}\" is not an IP address and port; give raft_listen",
+                    self.id, self.raft
+                ))
+            }),
+        }
+    }
+
+    /// Whether the server-to-server traffic of this member stays on this machine.
+    fn raft_is_loopback(&self) -> bool {
+        let advertised = match self.raft.parse::<SocketAddr>() {
+            Ok(address) => address.ip().is_loopback(),
+            Err(_) => self.raft.starts_with("localhost:"),
+        };
+        advertised && self.raft_listen.is_none_or(|a| a.ip().is_loopback())
+    }
+}
+
+impl Cluster {
+    /// The cluster id recorded in each data directory: the first 16 bytes of the SHA-256
+    /// of the name.
+    pub fn id(&self) -> corvid_store::ClusterId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.name.as_bytes());
+        let mut id = [0; 16];
+        id.copy_from_slice(&digest[..16]);
+        corvid_store::ClusterId(id)
+    }
+
+    /// The member this server is (`--id`).
+    pub fn this_member(&self) -> Option<&ClusterMember> {
+        let id = self.serve_as?;
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Reads the shared secret, if the cluster has one.
+    pub fn secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.secret_file else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let secret = bytes.trim_ascii().to_vec();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "{}: the cluster secret must be at least {MIN_SECRET_BYTES} bytes",
+                path.display()
+            )));
+        }
+        Ok(Some(secret))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |what: String| Err(ConfigError::Invalid(what));
+        if self.name.trim().is_empty() {
+            return fail("cluster.name must not be empty".into());
+        }
+        if self.members.is_empty() || self.members.len() > MAX_CLUSTER_MEMBERS {
+            return fail(format!(
+                "a cluster has 1 to {MAX_CLUSTER_MEMBERS} members, not {}",
+                self.members.len()
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut addresses = std::collections::BTreeSet::new();
+        let mut data_dirs = std::collections::BTreeSet::new();
+        for member in &self.members {
+            if member.id == 0 {
+                return fail("cluster member ids must be positive".into());
+            }
+            if !ids.insert(member.id) {
+                return fail(format!("cluster member id {} appears twice", member.id));
+            }
+            member.raft_bind()?;
+            let mut own = vec![member.raft.clone(), member.wire.to_string()];
+            own.extend(member.grpc.map(|a| a.to_string()));
+            own.extend(member.raft_listen.map(|a| a.to_string()));
+            for address in own {
+                // Port 0 is left to the system, so it cannot clash.
+                if !address.ends_with(":0") && !addresses.insert(address.clone()) {
+                    return fail(format!("cluster address {address} appears twice"));
+                }
+            }
+            if let Some(data) = &member.data {
+                if !data_dirs.insert(data.clone()) {
+                    return fail(format!(
+                        "cluster data directory {} appears twice",
+                        data.display()
+                    ));
+                }
+            }
+        }
+        if self.secret_file.is_none() && !self.members.iter().all(|m| m.raft_is_loopback()) {
+            return fail(
+                "a cluster whose servers talk over the network needs cluster.secret_file".into(),
+            );
+        }
+        if self.heartbeat_ms == 0
+            || self.election_timeout_min_ms < 2 * self.heartbeat_ms
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+            || self.election_timeout_max_ms > 60_000
+        {
+            return fail(
+                "cluster timing: need 0 < 2 * heartbeat_ms <= election_timeout_min_ms < election_timeout_max_ms <= 60000".into(),
+            );
+        }
+        if !(65_536..=8 << 20).contains(&self.max_append_bytes) {
+            return fail("cluster.max_append_bytes must be 65536 to 8388608".into());
+        }
+        match self.serve_as {
+            None => fail("a [cluster] server is started with --id N (which member it is)".into()),
+            Some(id) if !ids.contains(&id) => {
+                fail(format!("--id {id} is not a member of the cluster"))
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -558,6 +803,20 @@ mod tests {
     }
 
     #[test]
+    fn the_web_listener_is_on_loopback_by_default_and_can_be_moved_or_switched_off() {
+        let http = Config::default()
+            .http_listen
+            .expect("HTTP is on by default");
+        assert_eq!(http.port(), DEFAULT_HTTP_PORT);
+        assert!(http.ip().is_loopback());
+        let config = Config::from_toml("http_listen = \"0.0.0.0:9080\"").unwrap();
+        assert_eq!(config.http_listen, Some("0.0.0.0:9080".parse().unwrap()));
+        let config = Config::from_toml("http_listen = \"off\"").unwrap();
+        assert_eq!(config.http_listen, None);
+        assert!(Config::from_toml("http_listen = \"web\"").is_err());
+    }
+
+    #[test]
     fn a_file_overrides_what_it_names() {
         let config = Config::from_toml(
             "data_dir = \"/tmp/x\"\n[sessions]\nsingle_session = true\n[limits]\nmax_text_bytes = 100\n",
@@ -632,5 +891,119 @@ mod tests {
         assert!(config.validate().is_err());
         config.limits.grpc_request_buffer_bytes = config.limits.max_frame_bytes + 65_536;
         config.validate().unwrap();
+    }
+    const CLUSTER: &str = r#"
+[cluster]
+name = "example"
+[[cluster.members]]
+id = 1
+raft = "127.0.0.1:7170"
+wire = "127.0.0.1:7070"
+grpc = "127.0.0.1:7071"
+data = "corvid-data-1"
+[[cluster.members]]
+id = 2
+raft = "127.0.0.1:7171"
+wire = "127.0.0.1:7072"
+data = "corvid-data-2"
+[[cluster.members]]
+id = 3
+raft = "127.0.0.1:7172"
+wire = "127.0.0.1:7074"
+"#;
+
+    #[test]
+    fn a_cluster_member_takes_its_addresses_and_data_directory() {
+        let config = Config::from_toml(CLUSTER).unwrap();
+        assert!(config.validate().is_err(), "a cluster needs --id");
+        let two = config.clone().as_member(2).unwrap();
+        two.validate().unwrap();
+        assert_eq!(two.listen, "127.0.0.1:7072".parse().unwrap());
+        assert_eq!(two.grpc_listen, None);
+        assert_eq!(two.data_dir, PathBuf::from("corvid-data-2"));
+        let three = config.clone().as_member(3).unwrap();
+        assert_eq!(three.data_dir, PathBuf::from("corvid-data"));
+        let cluster = three.cluster.as_ref().unwrap();
+        assert_eq!(cluster.this_member().unwrap().raft, "127.0.0.1:7172");
+        assert_eq!(cluster.heartbeat_ms, 100);
+        // Every server of a cluster derives the same id from its name, and no other.
+        assert_eq!(cluster.id(), two.cluster.as_ref().unwrap().id());
+        let other = Config::from_toml(&CLUSTER.replace("example", "other")).unwrap();
+        assert_ne!(other.cluster.unwrap().id(), cluster.id());
+        let error = config.as_member(4).unwrap_err().to_string();
+        assert!(error.contains("--id 4 is not a member"), "{error}");
+        let alone = Config::default().as_member(1).unwrap_err().to_string();
+        assert!(alone.contains("[cluster]"), "{alone}");
+    }
+
+    #[test]
+    fn impossible_clusters_are_refused_with_the_reason() {
+        let cases = [
+            (CLUSTER.replace("id = 3", "id = 2"), "id 2 appears twice"),
+            (
+                CLUSTER.replace("127.0.0.1:7172", "127.0.0.1:7170"),
+                "127.0.0.1:7170 appears twice",
+            ),
+            (
+                CLUSTER.replace("127.0.0.1:7074", "127.0.0.1:7071"),
+                "127.0.0.1:7071 appears twice",
+            ),
+            (
+                CLUSTER.replace("corvid-data-2", "corvid-data-1"),
+                "corvid-data-1 appears twice",
+            ),
+            (
+                CLUSTER.replace("127.0.0.1:7171", "10.0.0.2:7171"),
+                "needs cluster.secret_file",
+            ),
+            (
+                CLUSTER.replace("127.0.0.1:7171", "peer-two:7171"),
+                "raft_listen",
+            ),
+            (CLUSTER.replace("name = \"example\"", "name = \"\""), "name"),
+            (
+                CLUSTER.replace("name = \"example\"", "name = \"x\"\nheartbeat_ms = 500"),
+                "timing",
+            ),
+        ];
+        for (text, reason) in cases {
+            let config = Config::from_toml(&text).unwrap().as_member(1).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(reason), "{reason}: {error}");
+        }
+        let mut eight = String::from("[cluster]\nname = \"big\"\n");
+        for id in 1..=8 {
+            eight += &format!(
+                "[[cluster.members]]\nid = {id}\nraft = \"127.0.0.1:{}\"\nwire = \"127.0.0.1:{}\"\n",
+                7100 + id,
+                7200 + id
+            );
+        }
+        let config = Config::from_toml(&eight).unwrap().as_member(1).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("1 to 7 members"), "{error}");
+        // A secret on another machine's network is accepted, and read at start.
+        let remote = CLUSTER.replace("127.0.0.1:7171", "10.0.0.2:7171").replace(
+            "name = \"example\"",
+            "name = \"example\"\nsecret_file = \"s\"",
+        );
+        let config = Config::from_toml(&remote).unwrap().as_member(1).unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_cluster_configurations_are_valid() {
+        for (text, members) in [
+            (include_str!("../../../examples/cluster-3.toml"), 3),
+            (include_str!("../../../examples/cluster-5.toml"), 5),
+        ] {
+            let config = Config::from_toml(text).unwrap();
+            assert_eq!(config.cluster.as_ref().unwrap().members.len(), members);
+            for id in 1..=members as u64 {
+                let member = config.clone().as_member(id).unwrap();
+                member.validate().unwrap();
+                assert_eq!(member.data_dir, PathBuf::from(format!("corvid-data-{id}")));
+            }
+        }
     }
 }

@@ -247,6 +247,12 @@ impl Hub {
         Ok((registration, queue))
     }
 
+    /// The folded names of the users with a live subscription here, for the other servers
+    /// of a cluster.
+    pub fn online_usernames(&self) -> Vec<String> {
+        self.lock().online.keys().cloned().collect()
+    }
+
     /// Whether any session of the user with this (folded or typed) name listens here now.
     pub fn is_online(&self, username: &str) -> bool {
         self.lock()

@@ -5,6 +5,7 @@
 //! [`run`] is `corvid serve`: flags over the config file, logs, signals.
 
 pub mod admission;
+mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod hub;
@@ -12,6 +13,7 @@ mod password;
 pub mod service;
 pub mod tcp;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,7 +45,11 @@ pub struct ServeArgs {
     /// Address of the gRPC listener, or `off` [default: 127.0.0.1:7071].
     #[arg(long, value_name = "ADDR|off")]
     pub grpc_listen: Option<OptionalAddress>,
-    /// PEM certificate (chain) for TLS on both listeners; needs --tls-key.
+    /// Address of the HTTP listener (web UI and WebSocket API), or `off`
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR|off")]
+    pub http_listen: Option<OptionalAddress>,
+    /// PEM certificate (chain) for TLS on every listener; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
@@ -52,6 +58,10 @@ pub struct ServeArgs {
     /// End older sessions of an account when it logs in again.
     #[arg(long)]
     pub single_session: bool,
+    /// Run as this member of the configuration's `[cluster]`: its addresses and data
+    /// directory become this server's (flags still override them).
+    #[arg(long)]
+    pub id: Option<u64>,
 }
 
 impl ServeArgs {
@@ -61,6 +71,9 @@ impl ServeArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        if let Some(id) = self.id {
+            config = config.as_member(id)?;
+        }
         if let Some(data) = &self.data {
             config.data_dir = data.clone();
         }
@@ -69,6 +82,9 @@ impl ServeArgs {
         }
         if let Some(OptionalAddress(grpc_listen)) = self.grpc_listen {
             config.grpc_listen = grpc_listen;
+        }
+        if let Some(OptionalAddress(http_listen)) = self.http_listen {
+            config.http_listen = http_listen;
         }
         if self.single_session {
             config.sessions.single_session = true;
@@ -86,10 +102,14 @@ impl ServeArgs {
 pub struct RunningServer {
     wire_addr: SocketAddr,
     grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// The listeners' tasks, until they have ended.
     wire: Option<tokio::task::JoinHandle<()>>,
     grpc: Option<tokio::task::JoinHandle<()>>,
+    /// The server-to-server listener of a cluster member, and where it listens.
+    peer: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    http: Option<tokio::task::JoinHandle<()>>,
     admission: Arc<Admission>,
     service: Arc<Service>,
 }
@@ -105,8 +125,24 @@ impl RunningServer {
         self.grpc_addr
     }
 
+    /// Where the web UI and its WebSocket API listen, unless HTTP is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     pub fn service(&self) -> &Arc<Service> {
         &self.service
+    }
+
+    /// Where the server-to-server listener listens, for a cluster member.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().map(|(address, _)| *address)
+    }
+
+    /// Waits, at most `timeout`, until the cluster has a leader this server knows (a single
+    /// server is ready when [`start`] returns).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), corvid_raft::NodeError> {
+        self.service.node().wait_ready(timeout).await
     }
 
     /// Connections open now, over every listener.
@@ -131,9 +167,16 @@ impl RunningServer {
                 .is_err()
             {
                 tracing::error!("connections still open after they were closed; leaving them");
-                for listener in [self.wire.take(), self.grpc.take()].into_iter().flatten() {
+                let listeners = [self.wire.take(), self.grpc.take(), self.http.take()];
+                for listener in listeners.into_iter().flatten() {
                     listener.abort();
                 }
+            }
+        }
+        if let Some((_, peer)) = self.peer.take() {
+            // Peers hold long-lived connections: past the grace, the listener is dropped.
+            if tokio::time::timeout(grace, peer).await.is_err() {
+                tracing::warn!("the server-to-server listener did not stop in time");
             }
         }
         let m = self.service.node().store_metrics();
@@ -155,7 +198,7 @@ impl RunningServer {
 }
 
 impl RunningServer {
-    /// Waits until both listeners have stopped and every connection has ended.
+    /// Waits until every listener has stopped and every connection has ended.
     async fn connections_closed(&mut self) {
         // A task's handle is awaited once: an ended listener is forgotten.
         if let Some(wire) = &mut self.wire {
@@ -166,23 +209,32 @@ impl RunningServer {
             let _ = grpc.await;
             self.grpc = None;
         }
+        if let Some(http) = &mut self.http {
+            let _ = http.await;
+            self.http = None;
+        }
         self.admission.wait().await;
     }
 }
 
 /// The node id of a single server (a cluster of one).
 const SINGLE_SERVER_ID: u64 = 1;
+/// How often a cluster member still waiting for a leader says so.
+const CLUSTER_READY_NOTICE: Duration = Duration::from_secs(10);
 /// How long a starting server waits for its node to lead (a single server elects itself at
 /// once; reading the log back comes before, in `Node::open`).
 const READY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Opens the data directory, starts the node and the listeners, and returns once the node
-/// is ready (it leads).
+/// is ready (it leads). A member of a `[cluster]` returns as soon as it listens (its
+/// readiness, a leader known, needs a quorum of the others: see
+/// [`RunningServer::wait_ready`]).
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     // Read before anything listens, so that a bad certificate stops the start.
     let wire_tls = tls::acceptor(&config.tls, &[])?;
     let grpc_tls = tls::acceptor(&config.tls, &[tls::ALPN_H2])?;
+    let http_tls = tls::acceptor(&config.tls, &[tls::ALPN_HTTP1])?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let listener = TcpListener::bind(config.listen)
@@ -201,6 +253,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
+    let http_listener = match config.http_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {address}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
 
     let hub = Arc::new(Hub::new(HubLimits {
         queue_bytes: config.limits.subscriber_queue_bytes,
@@ -215,10 +279,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         client: ClientAddrs {
             wire: Some(wire_addr.to_string()),
             grpc: grpc_addr.map(|address| address.to_string()),
-            http: None,
+            http: http_addr.map(|address| address.to_string()),
         },
     };
-    let node_config = corvid_raft::NodeConfig {
+    let mut node_config = corvid_raft::NodeConfig {
         data_dir: config.data_dir.clone(),
         node_id: SINGLE_SERVER_ID,
         member,
@@ -226,15 +290,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
         snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
         min_free_bytes: config.limits.min_free_disk_bytes,
+        peers: corvid_raft::Peers::none(),
+        timing: corvid_raft::RaftTiming::SINGLE_SERVER,
+        max_append_bytes: 1 << 20,
+    };
+    let peering = match &config.cluster {
+        Some(cluster) => {
+            Some(cluster::prepare(cluster, &mut node_config, wire_addr, grpc_addr).await?)
+        }
+        None => None,
     };
     let node = corvid_raft::Node::open(node_config, effects)
         .await
         .with_context(|| format!("cannot open the node in {}", config.data_dir.display()))?;
-    // A single server is a cluster of one, and makes itself one on its first start. (A
-    // server of a 3- or 5-server cluster must not: it would found a cluster of its own.)
+    // A single server is a cluster of one, and makes itself one on its first start. A
+    // cluster member initializes the configured cluster (see `cluster`).
     let initialized = async {
         if !node.is_initialized().await? {
-            node.initialize_alone().await?;
+            match &config.cluster {
+                Some(cluster) => {
+                    node.initialize(cluster::members(cluster)).await?;
+                }
+                None => {
+                    node.initialize_alone().await?;
+                }
+            }
         }
         Ok::<_, corvid_raft::NodeError>(())
     };
@@ -244,6 +324,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
         return Err(e).context("cannot initialize the node");
     }
+    let shutdown = CancellationToken::new();
+    let peer = peering.map(|peering| {
+        let online = hub.clone();
+        node.report_presence(Arc::new(move || online.online_usernames()));
+        let address = peering.address;
+        (
+            address,
+            tokio::spawn(peering.serve(node.peer_service(), shutdown.clone())),
+        )
+    });
     let service = Service::new(
         node,
         hub,
@@ -254,7 +344,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         },
     )?;
 
-    let shutdown = CancellationToken::new();
     // One front door for every listener: one pool of connection slots, one set of deadlines.
     let admission = Admission::new(&config.limits, shutdown.clone());
     let wire = tokio::spawn(tcp::serve(
@@ -273,15 +362,37 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown.clone(),
         ))
     });
+    let http = http_listener.map(|listener| {
+        tokio::spawn(web::serve(
+            listener,
+            http_tls,
+            service.clone(),
+            admission.clone(),
+            shutdown.clone(),
+        ))
+    });
     let server = RunningServer {
         wire_addr,
         grpc_addr,
+        http_addr,
         shutdown,
         wire: Some(wire),
         grpc,
+        peer,
+        http,
         admission,
         service,
     };
+    if let Some(cluster) = &config.cluster {
+        tracing::info!(
+            member = cluster.serve_as,
+            %wire_addr,
+            ?grpc_addr,
+            raft = ?server.peer_addr(),
+            "listening; the cluster serves once a leader is known"
+        );
+        return Ok(server);
+    }
     // The listeners answer already (writes fail as not-leader until now); the server is
     // ready, and says so, once its node leads.
     if let Err(e) = server.service.node().wait_ready(READY_DEADLINE).await {
@@ -291,7 +402,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         return Err(e).context("the node found no leader");
     }
     let tls_on = config.tls.files().is_some();
-    tracing::info!(%wire_addr, ?grpc_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
+    tracing::info!(%wire_addr, ?grpc_addr, ?http_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
     Ok(server)
 }
 
@@ -300,7 +411,26 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config.log);
     let data_dir = config.data_dir.clone();
+    let clustered = config.cluster.is_some();
     let server = start(config).await?;
+    if clustered {
+        // A member serves once a leader is known, which needs a quorum of the servers: it
+        // keeps trying (and can be stopped) meanwhile.
+        loop {
+            tokio::select! {
+                _ = wait_for_signal() => {
+                    tracing::info!("shutting down");
+                    return server.shutdown().await;
+                }
+                ready = server.wait_ready(CLUSTER_READY_NOTICE) => match ready {
+                    Ok(()) => break,
+                    Err(_) => tracing::warn!(
+                        "no leader yet: waiting for a majority of the cluster's servers"
+                    ),
+                },
+            }
+        }
+    }
     // One line on stdout says where to connect: scripts and tests read it. The binary
     // protocol's address comes first.
     println!("{}", ready_line(&server, &data_dir));
@@ -333,14 +463,17 @@ async fn node_stopped(raft: corvid_store::typ::Raft) -> String {
     }
 }
 
-/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ./corvid-data)`.
+/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, http 127.0.0.1:8080, data in
+/// ./corvid-data)`.
 fn ready_line(server: &RunningServer, data_dir: &std::path::Path) -> String {
-    let grpc = match server.grpc_addr() {
+    let address_or_off = |address: Option<SocketAddr>| match address {
         Some(address) => address.to_string(),
         None => "off".to_string(),
     };
+    let grpc = address_or_off(server.grpc_addr());
+    let http = address_or_off(server.http_addr());
     format!(
-        "corvid serving on {} (grpc {grpc}, data in {})",
+        "corvid serving on {} (grpc {grpc}, http {http}, data in {})",
         server.wire_addr(),
         data_dir.display()
     )

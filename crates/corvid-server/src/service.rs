@@ -139,7 +139,9 @@ impl Service {
                     })
                     .await?;
                 for row in &mut page.rows {
-                    row.online = self.hub.is_online(&row.username);
+                    // Online anywhere in the cluster: here, or as another server reported.
+                    row.online = self.hub.is_online(&row.username)
+                        || self.node.is_online_elsewhere(&row.username);
                 }
                 Ok(Response::Accounts(page))
             }

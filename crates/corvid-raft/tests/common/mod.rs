@@ -25,6 +25,9 @@ pub fn config(dir: &Path) -> NodeConfig {
         snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
         min_free_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
         snapshot_every: corvid_raft::SNAPSHOT_EVERY,
+        peers: corvid_raft::Peers::none(),
+        timing: corvid_raft::RaftTiming::SINGLE_SERVER,
+        max_append_bytes: 1 << 20,
     }
 }
 
