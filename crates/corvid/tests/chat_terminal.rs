@@ -8,8 +8,9 @@
 #[macro_use]
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Server, Transport, User, PASSWORD};
@@ -23,6 +24,7 @@ const SCREEN_DEADLINE: Duration = Duration::from_secs(20);
 over_both_transports!(
     chat_in_a_real_terminal_logs_in_sends_and_shows_a_live_reply,
     chat_starts_from_a_saved_tls_session_and_q_quits,
+    chat_says_when_it_is_offline_and_resumes_with_nothing_missed_or_doubled,
 );
 
 /// A tmux server of the test's own (its own socket), holding one 80×24 session.
@@ -364,4 +366,116 @@ fn chat_starts_from_a_saved_tls_session_and_q_quits(transport: Transport) {
     tmux.keys(&["q"]);
     tmux.wait_for("chat exited 0");
     assert!(!tmux.alternate_screen());
+}
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `corvid serve` on fixed ports, so that a restart comes back where clients look; killed
+/// when dropped.
+struct FixedServer(Child);
+
+impl FixedServer {
+    fn start(data: &Path, wire: u16, grpc: u16) -> FixedServer {
+        let mut child = common::corvid()
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{wire}")])
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(60));
+        assert!(ready.is_ok(), "the server did not start on {wire}/{grpc}");
+        FixedServer(child)
+    }
+}
+
+impl Drop for FixedServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chat_says_when_it_is_offline_and_resumes_with_nothing_missed_or_doubled(transport: Transport) {
+    if !Tmux::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (wire, grpc) = (free_port(), free_port());
+    let server = FixedServer::start(&data, wire, grpc);
+    let address = match transport {
+        Transport::Wire => format!("127.0.0.1:{wire}"),
+        Transport::Grpc => format!("127.0.0.1:{grpc}"),
+    };
+    let user = |name: &str| {
+        let mut session = dir.path().join(name);
+        session.set_extension("session.json");
+        User {
+            name: name.to_string(),
+            session,
+            server: address.clone(),
+            transport,
+            tls_ca: None,
+        }
+    };
+    let (alice, bob) = (user("alice"), user("bob"));
+    alice.register();
+    bob.register();
+    alice.login();
+    bob.login();
+    bob.ok(&["send", "alice", "before the restart"]);
+
+    let command = format!(
+        "{} --session {} chat; echo \"chat exited $?\"; sleep 600",
+        quoted(Path::new(env!("CARGO_BIN_EXE_corvid"))),
+        quoted(&alice.session),
+    );
+    let socket = format!(
+        "corvid-chat-offline-{}-{}",
+        std::process::id(),
+        transport.name()
+    );
+    let tmux = Tmux::start(&socket, &command);
+    tmux.wait_for("│›bob");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("bob: before the restart");
+
+    // The server goes away: the chat says so, and keeps what it shows.
+    drop(server);
+    let screen = tmux.wait_for("offline");
+    assert!(screen.contains("bob: before the restart"), "{screen}");
+
+    // Back on the same ports with the same data; a message sent meanwhile arrives once,
+    // and what was shown before is not repeated.
+    let _server = FixedServer::start(&data, wire, grpc);
+    bob.ok(&["send", "alice", "sent while alice was away"]);
+    let screen = tmux.wait_for("bob: sent while alice was away");
+    assert_eq!(screen.matches("before the restart").count(), 1, "{screen}");
+    assert_eq!(
+        screen.matches("while alice was away").count(),
+        1,
+        "{screen}"
+    );
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("chat exited 0");
 }
