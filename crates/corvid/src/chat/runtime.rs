@@ -246,10 +246,19 @@ impl Runtime<'_> {
 /// Makes one request of a logged-in session and turns its answer into a [`Reply`].
 async fn request(client: &Client, token: Token, effect: Effect) -> Reply {
     let result = match effect {
-        Effect::History { with, before } => client
-            .history(token, &with, before, Some(HISTORY_PAGE))
-            .await
-            .map(|page| Reply::History { with, page }),
+        Effect::History { with, before } => {
+            return match client
+                .history(token, &with, before, Some(HISTORY_PAGE))
+                .await
+            {
+                Ok(page) => Reply::History { with, page },
+                Err(error) if is_session_over(&error) => Reply::SessionEnded,
+                Err(error) => Reply::HistoryFailed {
+                    with,
+                    error: CliError::from(error).line(),
+                },
+            };
+        }
         Effect::MarkRead { with, ids } => client
             .mark_read(token, ids)
             .await

@@ -403,6 +403,31 @@ fn scrolling_back_pages_in_older_history_once_and_keeps_the_view() {
 }
 
 #[test]
+fn a_failed_page_of_older_history_is_asked_again_by_the_next_page_up() {
+    let page: Vec<Message> = (51..=100)
+        .map(|id| message(id, "bob", "alice", "m", ReceiptStatus::Read))
+        .collect();
+    let mut app = alice_with_bob_open(page, Some(MessageId(51)));
+    let asked = |app: &mut App| -> Vec<Effect> {
+        (0..5).flat_map(|_| press(app, KeyCode::PageUp)).collect()
+    };
+    let older = Effect::History {
+        with: "bob".into(),
+        before: Some(MessageId(51)),
+    };
+    assert_eq!(asked(&mut app), [older.clone()]);
+    reply(
+        &mut app,
+        Reply::HistoryFailed {
+            with: "bob".into(),
+            error: "error: the server did not answer in time (timeout)".into(),
+        },
+    );
+    assert!(app.notice.as_ref().is_some_and(|notice| notice.error));
+    assert_eq!(asked(&mut app), [older]);
+}
+
+#[test]
 fn the_open_conversation_and_the_list_stay_within_their_bounds() {
     let mut app = alice_with_bob_open(Vec::new(), None);
     for id in 1..=(MAX_LOADED as u64 + 10) {
@@ -714,6 +739,26 @@ fn an_open_conversation_shows_receipts_on_our_messages() {
     );
     assert!(screen.contains("Message to bob"));
     assert!(screen.contains("│by 5 min"));
+}
+
+#[test]
+fn text_from_others_cannot_drive_the_terminal() {
+    // Control characters (escape sequences, line breaks) are shown, never sent to the
+    // terminal as they are.
+    let mut app = alice_with_bob_open(
+        vec![message(
+            1,
+            "bob",
+            "alice",
+            "\x1b[2Jgotcha\nline",
+            ReceiptStatus::Read,
+        )],
+        None,
+    );
+    update(&mut app, ctrl('u'));
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("bob: \\u{1b}[2Jgotcha\\nline"), "{screen}");
+    assert!(!screen.contains('\x1b'));
 }
 
 #[test]

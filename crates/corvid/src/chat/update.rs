@@ -60,6 +60,11 @@ pub enum Reply {
         pattern: String,
         page: AccountsPage,
     },
+    /// A page of history did not come; `error` is the line to show.
+    HistoryFailed {
+        with: String,
+        error: String,
+    },
     /// A request other than login or send failed; `error` is the line to show.
     Failed {
         error: String,
@@ -550,6 +555,20 @@ fn chat_replied(chat: &mut Chat, notice: &mut Option<Notice>, reply: Reply) -> V
             } else {
                 vec![Effect::MarkRead { with, ids: unread }]
             }
+        }
+        Reply::HistoryFailed { with, error } => {
+            if let Some(open) = chat
+                .open
+                .as_mut()
+                .filter(|open| open.with.eq_ignore_ascii_case(&with))
+            {
+                // The next PgUp asks again (a first page is asked again by Enter).
+                if let Older::LoadingBefore(before) = open.older {
+                    open.older = Older::Before(before);
+                }
+            }
+            *notice = Some(Notice::error(error));
+            Vec::new()
         }
         Reply::MarkedRead { with, count } => {
             if let Some(conversation) = chat.conversation_mut(&with) {
