@@ -415,7 +415,7 @@ fn a_failed_page_of_older_history_is_asked_again_by_the_next_page_up() {
         with: "bob".into(),
         before: Some(MessageId(51)),
     };
-    assert_eq!(asked(&mut app), [older.clone()]);
+    assert_eq!(asked(&mut app), std::slice::from_ref(&older));
     reply(
         &mut app,
         Reply::HistoryFailed {
