@@ -427,6 +427,13 @@ impl Config {
         cluster.serve_as = Some(id);
         self.listen = member.wire;
         self.grpc_listen = member.grpc;
+        // The member's web listener when it names a socket address; a host name (a proxy
+        // in front) leaves `http_listen` to say what to bind, and none means no web.
+        match member.http.as_deref().map(str::parse::<SocketAddr>) {
+            Some(Ok(address)) => self.http_listen = Some(address),
+            Some(Err(_)) => {}
+            None => self.http_listen = None,
+        }
         if let Some(data) = member.data {
             self.data_dir = data;
         }
@@ -536,7 +543,8 @@ pub struct ClusterMember {
     /// The gRPC listener of this server; absent means no gRPC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<SocketAddr>,
-    /// Where this server's web listener is, recorded in its member record for clients.
+    /// Where this server's web listener is, recorded in its member record for clients. A
+    /// socket address is also what the server binds; absent means no web listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
     /// This server's data directory; absent means `data_dir`.
@@ -642,6 +650,7 @@ impl Cluster {
             let mut own = vec![member.raft.clone(), member.wire.to_string()];
             own.extend(member.grpc.map(|a| a.to_string()));
             own.extend(member.raft_listen.map(|a| a.to_string()));
+            own.extend(member.http.clone());
             for address in own {
                 // Port 0 is left to the system, so it cannot clash.
                 if !address.ends_with(":0") && !addresses.insert(address.clone()) {
@@ -934,6 +943,22 @@ wire = "127.0.0.1:7074"
         assert!(error.contains("--id 4 is not a member"), "{error}");
         let alone = Config::default().as_member(1).unwrap_err().to_string();
         assert!(alone.contains("[cluster]"), "{alone}");
+    }
+
+    #[test]
+    fn a_cluster_member_binds_the_web_listener_it_names_and_none_without_one() {
+        let with_web = CLUSTER.replace(
+            "data = \"corvid-data-1\"",
+            "data = \"corvid-data-1\"\nhttp = \"127.0.0.1:8081\"",
+        );
+        let config = Config::from_toml(&with_web).unwrap();
+        let one = config.clone().as_member(1).unwrap();
+        assert_eq!(one.http_listen, Some("127.0.0.1:8081".parse().unwrap()));
+        // Three servers on one machine must not all take the default port.
+        assert_eq!(config.as_member(2).unwrap().http_listen, None);
+        let named = with_web.replace("127.0.0.1:8081", "chat.example:443");
+        let behind_a_proxy = Config::from_toml(&named).unwrap().as_member(1).unwrap();
+        assert_eq!(behind_a_proxy.http_listen, Config::default().http_listen);
     }
 
     #[test]

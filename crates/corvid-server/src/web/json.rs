@@ -444,6 +444,17 @@ mod tests {
     }
 
     #[test]
+    fn the_web_api_document_has_a_section_for_every_operation() {
+        let document = include_str!("../../../../docs/web-api.md");
+        for op in OPERATIONS {
+            assert!(
+                document.contains(&format!("\n### {op}\n")),
+                "docs/web-api.md does not document `{op}`"
+            );
+        }
+    }
+
+    #[test]
     fn an_error_carries_the_binary_protocols_code_and_name() {
         let text = error(Some(9), &ApiError::from(ErrorCode::UnknownRecipient));
         let value: Value = serde_json::from_str(&text).unwrap();

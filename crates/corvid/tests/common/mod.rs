@@ -94,7 +94,6 @@ impl Server {
                 "127.0.0.1:0",
                 "--grpc-listen",
                 "127.0.0.1:0",
-                // The web listener's default port would collide between tests run at once.
                 "--http-listen",
                 "127.0.0.1:0",
             ])
