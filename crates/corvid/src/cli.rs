@@ -174,6 +174,12 @@ pub enum Command {
     /// a login starts with every unread message, oldest first. Printed messages stay
     /// unread: `corvid read` marks them read.
     Listen,
+    /// Chat full-screen: conversations, live messages and receipts, finding people
+    ///
+    /// Starts with the session of `corvid login` if there is one, else shows a login
+    /// screen (and keeps the new session in the session file). The keys that work are
+    /// shown at the bottom of the screen; Ctrl-C quits.
+    Chat,
 }
 
 fn page_size(text: &str) -> Result<u32, String> {
@@ -323,6 +329,9 @@ mod tests {
         let cli = parse(&["--session", "/tmp/s.json", "listen"]).unwrap();
         assert!(matches!(cli.command, Command::Listen));
         assert_eq!(cli.global.session, Some(PathBuf::from("/tmp/s.json")));
+        let cli = parse(&["--server", "a:1,b:2", "--transport", "grpc", "chat"]).unwrap();
+        assert!(matches!(cli.command, Command::Chat));
+        assert_eq!(cli.global.transport, Some(TransportArg::Grpc));
         assert!(matches!(
             parse(&["logout"]).unwrap().command,
             Command::Logout

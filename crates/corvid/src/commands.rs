@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use corvid_client::{Client, ClientConfig, ClientError, Subscription, TlsConfig, Transport};
+use corvid_client::{
+    Client, ClientConfig, ClientError, LoggedIn, Subscription, TlsConfig, Transport,
+};
 use corvid_core::{ErrorCode, Event, MessageId, PatternSyntax, Token};
 use serde_json::{json, Value};
 
@@ -14,17 +16,17 @@ use crate::password::{self, Source};
 use crate::session::{self, Session};
 
 /// The servers a command talks to, the protocol, and TLS.
-struct Target {
-    transport: Transport,
-    servers: Vec<String>,
-    tls_ca: Option<PathBuf>,
-    tls_server_name: Option<String>,
+pub(crate) struct Target {
+    pub(crate) transport: Transport,
+    pub(crate) servers: Vec<String>,
+    pub(crate) tls_ca: Option<PathBuf>,
+    pub(crate) tls_server_name: Option<String>,
 }
 
 /// What every command needs: the global flags and where the session lives.
-struct Context {
+pub(crate) struct Context {
     global: GlobalArgs,
-    session_path: PathBuf,
+    pub(crate) session_path: PathBuf,
 }
 
 impl Context {
@@ -40,7 +42,7 @@ impl Context {
     /// binary protocol; `--server`, else the session's servers if they speak that
     /// transport, else the transport's default address on this machine; `--tls-ca` (and
     /// `--tls-server-name`), else the session's, else plain TCP.
-    fn target(&self, session: Option<&Session>) -> Target {
+    pub(crate) fn target(&self, session: Option<&Session>) -> Target {
         let transport = self
             .global
             .transport
@@ -72,7 +74,7 @@ impl Context {
         }
     }
 
-    async fn connect(&self, target: &Target) -> Result<Client, CliError> {
+    pub(crate) async fn connect(&self, target: &Target) -> Result<Client, CliError> {
         let mut config = ClientConfig::new(&target.servers);
         config.transport = target.transport;
         if let Some(ca) = &target.tls_ca {
@@ -144,6 +146,8 @@ pub async fn run(global: GlobalArgs, command: Command) -> Result<(), CliError> {
             register(&ctx, &name, display_name.as_deref()).await
         }
         Command::Login { name } => login(&ctx, &name).await,
+        // The chat logs in by itself when there is no session.
+        Command::Chat => crate::chat::run(&ctx).await,
         command => {
             let (session, token) = ctx.session()?;
             // Asked before connecting, so a slow typist does not hold an idle connection.
@@ -200,7 +204,8 @@ async fn with_session(
         | Command::Cluster(_)
         | Command::Status { .. }
         | Command::Register { .. }
-        | Command::Login { .. } => Err(CliError::usage("this command does not use a session")),
+        | Command::Login { .. }
+        | Command::Chat => Err(CliError::usage("this command does not use a session")),
     }
 }
 
@@ -223,23 +228,7 @@ async fn login(ctx: &Context, name: &str) -> Result<(), CliError> {
     let target = ctx.target(existing.as_ref());
     let client = ctx.connect(&target).await?;
     let logged_in = client.login(name, &password).await?;
-    let mut new_session = Session::new(
-        target.servers,
-        target.transport,
-        logged_in.username.clone(),
-        logged_in.token,
-    );
-    // A relative CA path would break when the next command runs elsewhere.
-    new_session.tls_ca = target
-        .tls_ca
-        .map(|ca| std::path::absolute(&ca).unwrap_or(ca));
-    new_session.tls_server_name = target.tls_server_name;
-    // Message ids only grow, so the same user's `listen` can resume where it was.
-    if let Some(existing) = existing {
-        if existing.username.eq_ignore_ascii_case(&logged_in.username) {
-            new_session.last_seen = existing.last_seen;
-        }
-    }
+    let new_session = new_session(&target, &logged_in, existing.as_ref());
     session::save(&ctx.session_path, &new_session)?;
     ctx.emit(
         format!(
@@ -248,6 +237,34 @@ async fn login(ctx: &Context, name: &str) -> Result<(), CliError> {
         ),
         json!({ "username": logged_in.username, "unread": logged_in.unread }),
     )
+}
+
+/// The session file for a login just made through `target`. The same user's earlier
+/// session passes on where `listen` was.
+pub(crate) fn new_session(
+    target: &Target,
+    logged_in: &LoggedIn,
+    existing: Option<&Session>,
+) -> Session {
+    let mut new_session = Session::new(
+        target.servers.clone(),
+        target.transport,
+        logged_in.username.clone(),
+        logged_in.token,
+    );
+    // A relative CA path would break when the next command runs elsewhere.
+    new_session.tls_ca = target
+        .tls_ca
+        .as_ref()
+        .map(|ca| std::path::absolute(ca).unwrap_or_else(|_| ca.clone()));
+    new_session.tls_server_name = target.tls_server_name.clone();
+    // Message ids only grow, so the same user's `listen` can resume where it was.
+    if let Some(existing) = existing {
+        if existing.username.eq_ignore_ascii_case(&logged_in.username) {
+            new_session.last_seen = existing.last_seen;
+        }
+    }
+    new_session
 }
 
 async fn logout(ctx: &Context, client: &Client, token: Token) -> Result<(), CliError> {

@@ -1,5 +1,6 @@
 //! The `corvid` binary: `corvid serve` runs a server, every other subcommand is a client.
 
+mod chat;
 mod check;
 mod cli;
 mod cluster;
