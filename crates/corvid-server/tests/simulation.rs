@@ -211,6 +211,18 @@ impl Net {
         (lost && before, lost && !before, there, back)
     }
 
+    /// Cuts `side` off from the other servers, both ways (and nothing else).
+    fn partition(&self, side: &BTreeSet<NodeId>) {
+        let mut blocked = lock(&self.blocked);
+        blocked.clear();
+        for a in side {
+            for b in (1..=SERVERS).filter(|b| !side.contains(b)) {
+                blocked.insert((*a, b));
+                blocked.insert((b, *a));
+            }
+        }
+    }
+
     fn heal(&self) {
         lock(&self.blocked).clear();
         *lock(&self.weather) = Weather::default();
@@ -277,6 +289,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Fault {
     /// These servers (a minority) are cut off from the others, both ways.
     Partition(BTreeSet<NodeId>),
+    /// The leader of the moment, with `with_one_more` another server, is cut off from the
+    /// others both ways: a leader left with a minority.
+    IsolateLeader {
+        with_one_more: Option<NodeId>,
+    },
     /// These directed links carry nothing.
     OneWay(Vec<(NodeId, NodeId)>),
     Weather(Weather),
@@ -301,7 +318,10 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
             return faults;
         }
         let fault = match rng.gen_range(0..100) {
-            0..=14 => {
+            0..=9 => Fault::IsolateLeader {
+                with_one_more: rng.gen_bool(0.5).then(|| rng.gen_range(1..=SERVERS)),
+            },
+            10..=19 => {
                 let size = rng.gen_range(1..=2);
                 let mut side = BTreeSet::new();
                 while side.len() < size {
@@ -309,7 +329,7 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
                 }
                 Fault::Partition(side)
             }
-            15..=29 => {
+            20..=29 => {
                 let links = (0..rng.gen_range(1..=4))
                     .map(|_| {
                         let from = rng.gen_range(1..=SERVERS);
@@ -319,13 +339,13 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
                     .collect();
                 Fault::OneWay(links)
             }
-            30..=44 => Fault::Weather(Weather {
-                drop_percent: rng.gen_range(0..=25),
+            30..=41 => Fault::Weather(Weather {
+                drop_percent: rng.gen_range(0..=30),
                 max_delay_ms: rng.gen_range(0..=30),
             }),
-            45..=59 => Fault::HealNetwork,
-            60..=69 => Fault::CrashLeader,
-            70..=79 => Fault::Crash(rng.gen_range(1..=SERVERS)),
+            42..=54 => Fault::HealNetwork,
+            55..=67 => Fault::CrashLeader,
+            68..=79 => Fault::Crash(rng.gen_range(1..=SERVERS)),
             _ => Fault::Restart,
         };
         faults.push((pause, fault));
@@ -495,14 +515,14 @@ impl Cluster {
 
     async fn apply(self: &Arc<Self>, fault: Fault) {
         match fault {
-            Fault::Partition(side) => {
-                let mut blocked = lock(&self.net.blocked);
-                blocked.clear();
-                for a in &side {
-                    for b in (1..=SERVERS).filter(|b| !side.contains(b)) {
-                        blocked.insert((*a, b));
-                        blocked.insert((b, *a));
-                    }
+            Fault::Partition(side) => self.net.partition(&side),
+            Fault::IsolateLeader { with_one_more } => {
+                if let Some(leader) = self.leader() {
+                    let side = [Some(leader), with_one_more]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    self.net.partition(&side);
                 }
             }
             Fault::OneWay(links) => {
