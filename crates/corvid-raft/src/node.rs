@@ -809,11 +809,14 @@ async fn snapshot_when_the_log_grows(raft: Raft, reader: StoreReader, limit: u64
             let metrics = metrics.borrow();
             (metrics.last_applied, metrics.snapshot)
         };
-        if applied.map(|id| id.index) > snapshot.map(|id| id.index) {
-            tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
-            if raft.trigger().snapshot().await.is_err() {
-                return; // Raft has stopped.
-            }
+        // Just after a start, the entries the log holds past the snapshot may not be
+        // applied again yet: look again at the next tick rather than count them as done.
+        if applied.map(|id| id.index) <= snapshot.map(|id| id.index) {
+            continue;
+        }
+        tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
+        if raft.trigger().snapshot().await.is_err() {
+            return; // Raft has stopped.
         }
         base = bytes;
     }
