@@ -52,6 +52,9 @@ impl Harness {
                 snapshot_every: corvid_raft::SNAPSHOT_EVERY,
                 snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
                 min_free_bytes: config.limits.min_free_disk_bytes,
+                peers: corvid_raft::Peers::none(),
+                timing: corvid_raft::RaftTiming::SINGLE_SERVER,
+                max_append_bytes: 1 << 20,
             },
             effects,
         )
