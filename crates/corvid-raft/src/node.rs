@@ -1,6 +1,7 @@
 //! One Corvid server's Raft node: the store, openraft, and the network, assembled.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,10 +9,14 @@ use std::time::Duration;
 
 use corvid_core::{Command, Outcome, Tables};
 use corvid_store::typ::{
-    CheckIsLeaderError, Fatal, ForwardToLeader, InitializeError, Member, NodeId, Raft, RaftConfig,
-    RaftError,
+    CheckIsLeaderError, Entry, Fatal, ForwardToLeader, InitializeError, Member, NodeId, Raft,
+    RaftConfig, RaftError,
 };
-use corvid_store::{Closed, ClusterId, EffectSink, Store, StoreError, StoreMetrics, StoreReader};
+use corvid_store::{
+    Closed, ClusterId, EffectSink, LogReader, StateDigest, Store, StoreError, StoreMetrics,
+    StoreReader,
+};
+use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::SnapshotPolicy;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -233,6 +238,8 @@ pub struct Node {
     raft: Raft,
     proposer: Proposer,
     reader: StoreReader,
+    /// Reads this server's own log, for checks of what it holds; released at shutdown.
+    log_reader: std::sync::Mutex<Option<LogReader>>,
     peers: Peers,
     /// What the other servers reported of their subscribers.
     presence: Arc<Presence>,
@@ -259,11 +266,12 @@ impl Node {
             .await
             .map_err(|e| NodeError::Fatal(format!("opening the store failed: {e}")))??;
         let Store {
-            log,
+            mut log,
             state_machine,
             reader,
             closed,
         } = store;
+        let log_reader = log.get_log_reader().await;
         // Checked before openraft reads anything: another cluster's log must not be
         // replayed, nor its vote used. Dropping the store on error releases the directory.
         if let Some(expected) = config.cluster_id {
@@ -307,6 +315,7 @@ impl Node {
             )),
             raft,
             reader,
+            log_reader: std::sync::Mutex::new(Some(log_reader)),
             peers: config.peers,
             presence,
             removed,
@@ -648,6 +657,11 @@ impl Node {
             return Ok(());
         };
         self.stop.cancel();
+        // The reader holds the store open; the store must close.
+        self.log_reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         self.raft
             .shutdown()
             .await
@@ -664,6 +678,29 @@ impl Node {
     /// The openraft handle, for metrics and cluster administration.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The entries of this server's own log within `indexes` (those it holds: purged ones
+    /// are left out), whether committed or not. For checks that compare servers.
+    pub async fn log_entries(&self, indexes: RangeInclusive<u64>) -> Result<Vec<Entry>, NodeError> {
+        let reader = self
+            .log_reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(mut reader) = reader else {
+            return Err(NodeError::Unavailable("the node is shut down".into()));
+        };
+        reader
+            .try_get_log_entries(indexes)
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))
+    }
+
+    /// A digest of this server's state tables with the last entry applied to them (see
+    /// [`StoreReader::state_digest`]): servers at the same applied entry must agree.
+    pub fn state_digest(&self) -> Result<StateDigest, NodeError> {
+        Ok(self.reader.state_digest()?)
     }
 
     /// The store's counters: log commits (fsyncs), appends, applied batches.
@@ -813,11 +850,14 @@ async fn snapshot_when_the_log_grows(raft: Raft, reader: StoreReader, limit: u64
             let metrics = metrics.borrow();
             (metrics.last_applied, metrics.snapshot)
         };
-        if applied.map(|id| id.index) > snapshot.map(|id| id.index) {
-            tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
-            if raft.trigger().snapshot().await.is_err() {
-                return; // Raft has stopped.
-            }
+        // Just after a start, the entries the log holds past the snapshot may not be
+        // applied again yet: look again at the next tick rather than count them as done.
+        if applied.map(|id| id.index) <= snapshot.map(|id| id.index) {
+            continue;
+        }
+        tracing::info!(log_bytes = bytes, "the log has grown: taking a snapshot");
+        if raft.trigger().snapshot().await.is_err() {
+            return; // Raft has stopped.
         }
         base = bytes;
     }

@@ -93,7 +93,9 @@ pub use identity::{ClusterId, FORMAT_VERSION};
 pub use log::{LogReader, LogStore};
 pub use member::{ClientAddrs, Member};
 pub use state::{SnapshotBuilder, StateMachine};
-pub use store::{Closed, Store, StoreMetrics, StoreReader, LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
+pub use store::{
+    Closed, StateDigest, Store, StoreMetrics, StoreReader, LOG_DIR, SNAPSHOT_DIR, STATE_FILE,
+};
 pub use tables::{ReadTables, WriteTables};
 
 /// Receives the effects of each applied batch, in log order, once the batch is applied and

@@ -1,11 +1,12 @@
 //! Opening the data directory, and the handles the rest of the server keeps: the
 //! [`StoreReader`] for queries and metrics, and [`Closed`] to know the file is released.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use corvid_core::Tables;
+use corvid_core::{Table, Tables};
 use redb::ReadableDatabase;
 use tokio::sync::oneshot;
 
@@ -151,6 +152,14 @@ impl Store {
     }
 }
 
+/// The state tables' digest as of one applied entry (see [`StoreReader::state_digest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateDigest {
+    /// The last entry applied to the state digested.
+    pub last_applied: Option<LogId>,
+    pub digest: u64,
+}
+
 /// Reads of the state, for the server's queries. Cheap to clone.
 ///
 /// A reader does not keep the database open: the log store and the state machine do. Once
@@ -206,6 +215,31 @@ impl StoreReader {
         let txn = shared.state_db.begin_read()?;
         let meta = txn.open_table(SM_META)?;
         Ok(get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten())
+    }
+
+    /// A digest of every state table, with the id of the last entry applied to them, read
+    /// in one transaction: servers that applied the same entries have the same digest. It
+    /// reads the whole state, so it is for comparing the servers of one process in tests,
+    /// never a value to store or send (the hash is only stable within one build).
+    pub fn state_digest(&self) -> Result<StateDigest, StoreError> {
+        let shared = self.shared()?;
+        let txn = shared.state_db.begin_read()?;
+        let meta = txn.open_table(SM_META)?;
+        let last_applied = get_meta::<Option<LogId>, _>(&meta, LAST_APPLIED)?.flatten();
+        let tables = ReadTables::new(&txn);
+        let mut hasher = DefaultHasher::new();
+        for table in Table::ALL {
+            table.tag().hash(&mut hasher);
+            tables.for_each(table, |key, value| {
+                key.hash(&mut hasher);
+                value.hash(&mut hasher);
+                Ok(())
+            })?;
+        }
+        Ok(StateDigest {
+            last_applied,
+            digest: hasher.finish(),
+        })
     }
 
     /// The cluster this directory belongs to; `None` until the node is initialized (or
