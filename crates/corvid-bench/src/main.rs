@@ -184,6 +184,13 @@ fn main() -> ExitCode {
     if let Workload::Serve(args) = &cli.command {
         return serve(args);
     }
+    // The client library's own logs (its retries and failovers), when RUST_LOG asks.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

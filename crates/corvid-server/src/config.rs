@@ -490,11 +490,14 @@ pub struct Cluster {
     /// not loopback. A relative path is taken from the current directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
-    /// Milliseconds between a leader's heartbeats.
+    /// Milliseconds between a leader's heartbeats. The defaults of the three timings were
+    /// chosen by `corvid-bench failover` and `online` on 3 and 5 servers on one machine
+    /// (docs/benchmarks.md, "Cluster").
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
     /// A follower that has heard no leader for a random time between this and
-    /// `election_timeout_max_ms` milliseconds stands for election.
+    /// `election_timeout_max_ms` milliseconds stands for election (openraft adds
+    /// `election_timeout_max_ms` to it while the follower knows a leader).
     #[serde(default = "default_election_timeout_min_ms")]
     pub election_timeout_min_ms: u64,
     /// See `election_timeout_min_ms`.
@@ -537,13 +540,13 @@ pub struct ClusterMember {
 }
 
 fn default_heartbeat_ms() -> u64 {
-    100
+    40
 }
 fn default_election_timeout_min_ms() -> u64 {
-    400
+    100
 }
 fn default_election_timeout_max_ms() -> u64 {
-    700
+    150
 }
 fn default_max_append_bytes() -> u64 {
     1 << 20
@@ -903,7 +906,7 @@ wire = "127.0.0.1:7074"
         assert_eq!(three.data_dir, PathBuf::from("corvid-data"));
         let cluster = three.cluster.as_ref().unwrap();
         assert_eq!(cluster.this_member().unwrap().raft, "127.0.0.1:7172");
-        assert_eq!(cluster.heartbeat_ms, 100);
+        assert_eq!(cluster.heartbeat_ms, 40);
         // Every server of a cluster derives the same id from its name, and no other.
         assert_eq!(cluster.id(), two.cluster.as_ref().unwrap().id());
         let other = Config::from_toml(&CLUSTER.replace("example", "other")).unwrap();
