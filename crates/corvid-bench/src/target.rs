@@ -258,7 +258,7 @@ pub(crate) fn load_config(
     // Load comes from few connections at high rates: lift the per-connection limits. The
     // `connections` workload shares a few accounts between many subscribed connections.
     format!(
-        "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\n\n[limits]\nmax_connections = {}\n\
+        "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\nhttp_listen = \"off\"\n\n[limits]\nmax_connections = {}\n\
          requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\
          max_subscriptions_per_account = 1000000\n\
          grpc_max_streams = 1024\n\n\

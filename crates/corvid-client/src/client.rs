@@ -65,7 +65,9 @@ impl ClientConfig {
 /// calls can be in flight at once. When the connection drops, or a server answers
 /// `not_leader`, `unavailable` or `too_many_connections`, a call reconnects to the next
 /// server (round-robin, with backoff, at most [`ClientConfig::max_attempts`] times) and
-/// retries; a request timeout counts as a lost server when there is another to try. A
+/// retries; a `not_leader` that names the leader's address sends the next attempt there,
+/// even if it is not in [`ClientConfig::servers`]. A request timeout counts as a lost
+/// server when there is another to try. A
 /// `rate_limited` answer is retried on the same connection after the backoff.
 ///
 /// Retrying is safe: `send` carries a client message id that the server deduplicates, and
@@ -90,6 +92,8 @@ pub(crate) struct Inner {
 struct Link {
     current: Option<Arc<Connection>>,
     server: usize,
+    /// The leader a `not_leader` answer named: the next connection goes there, once.
+    leader: Option<String>,
 }
 
 impl Client {
@@ -112,6 +116,7 @@ impl Client {
                     let link = Link {
                         current: Some(Arc::new(connection)),
                         server: index,
+                        leader: None,
                     };
                     return Ok(Client {
                         inner: Arc::new(Inner {
@@ -171,7 +176,8 @@ impl Client {
                             let timed_out_in_cluster =
                                 matches!(error, ClientError::Timeout) && config.servers.len() > 1;
                             if error.is_failover() || timed_out_in_cluster {
-                                self.abandon(&connection).await;
+                                let leader = error.leader(config.transport);
+                                self.abandon(&connection, leader).await;
                             } else if !error.is_slow_down() {
                                 return Err(error);
                             }
@@ -215,7 +221,10 @@ impl Client {
             link.current = None;
             link.server = (link.server + 1) % config.servers.len();
         }
-        let address = &config.servers[link.server];
+        // A leader named by the last `not_leader` is tried once; if it cannot be reached,
+        // the servers of the list are tried in turn, from where the round-robin stands.
+        let redirected = link.leader.take();
+        let address = redirected.as_ref().unwrap_or(&config.servers[link.server]);
         match Connection::open(config, address, self.inner.router.clone()).await {
             Ok(connection) => {
                 let connection = Arc::new(connection);
@@ -224,14 +233,17 @@ impl Client {
             }
             Err(error) => {
                 tracing::debug!(%address, %error, "cannot connect");
-                link.server = (link.server + 1) % config.servers.len();
+                if redirected.is_none() {
+                    link.server = (link.server + 1) % config.servers.len();
+                }
                 Err(error)
             }
         }
     }
 
-    /// Gives up on `connection` (if it is still the current one) and moves to the next server.
-    async fn abandon(&self, connection: &Arc<Connection>) {
+    /// Gives up on `connection` (if it is still the current one) and moves to `leader`, if
+    /// a `not_leader` answer named one, else to the next server.
+    async fn abandon(&self, connection: &Arc<Connection>, leader: Option<String>) {
         let mut link = self.inner.link.lock().await;
         let is_current = link
             .current
@@ -240,6 +252,7 @@ impl Client {
         if is_current {
             link.current = None;
             link.server = (link.server + 1) % self.inner.config.servers.len();
+            link.leader = leader;
         }
         connection.close();
     }

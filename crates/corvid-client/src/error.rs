@@ -2,6 +2,8 @@
 
 use corvid_core::{ApiError, ErrorCode};
 
+use crate::Transport;
+
 /// Why a [`Client`](crate::Client) call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -50,6 +52,21 @@ impl ClientError {
             | ClientError::Timeout
             | ClientError::NoServers
             | ClientError::Tls(_) => false,
+        }
+    }
+
+    /// The address, for `transport`, of the leader that a `not_leader` answer named.
+    pub(crate) fn leader(&self, transport: Transport) -> Option<String> {
+        let ClientError::Api(error) = self else {
+            return None;
+        };
+        let leader = error
+            .leader
+            .as_ref()
+            .filter(|_| error.code == ErrorCode::NotLeader)?;
+        match transport {
+            Transport::Wire => leader.wire.clone(),
+            Transport::Grpc => leader.grpc.clone(),
         }
     }
 

@@ -90,6 +90,7 @@ impl WireConnection {
         let closed = CancellationToken::new();
         let task = ConnectionTask {
             address: address.to_string(),
+            version,
             pending: pending.clone(),
             router,
             max_frame_len,
@@ -265,6 +266,8 @@ async fn connect(
 /// The state of the task that owns the socket.
 struct ConnectionTask {
     address: String,
+    /// The protocol version the handshake agreed on: frames are read as it has them.
+    version: u16,
     pending: SharedPending,
     router: Arc<EventRouter>,
     max_frame_len: usize,
@@ -309,7 +312,7 @@ impl ConnectionTask {
         let mut buffer = BytesMut::with_capacity(16 * 1024);
         loop {
             loop {
-                match corvid_wire::decode(&mut buffer, self.max_frame_len) {
+                match corvid_wire::decode_version(&mut buffer, self.max_frame_len, self.version) {
                     Ok(Some(frame)) => self.route(frame)?,
                     Ok(None) => break,
                     Err(err) if err.is_fatal() => return Err(err.to_string()),

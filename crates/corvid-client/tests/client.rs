@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use corvid_client::{Client, ClientConfig, ClientError};
 use corvid_core::{
-    ApiError, EndReason, ErrorCode, Event, Message, MessageId, ReceiptStatus, Request, Response,
-    SubscribeFrom, Token,
+    ApiError, EndReason, ErrorCode, Event, LeaderAddrs, Message, MessageId, ReceiptStatus, Request,
+    Response, SubscribeFrom, Token,
 };
 use corvid_wire::Frame;
 use fake_server::{refusing_address, FakeServer};
@@ -236,6 +236,42 @@ async fn not_leader_moves_the_request_to_the_next_server() {
             response: Response::Pong,
         });
         call.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn not_leader_naming_the_leader_sends_the_retry_there_even_off_the_list() {
+    bounded(async {
+        let mut follower = FakeServer::start().await;
+        let listed = FakeServer::start().await;
+        // The leader is not in the client's list; round-robin would go to `listed`.
+        let mut leader = FakeServer::start().await;
+        let servers = [follower.address.clone(), listed.address.clone()];
+        let client = Client::connect_with(quick_config(&servers)).await.unwrap();
+        let mut connection = follower.accept().await;
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.ping().await }
+        });
+        let (id, _) = connection.request().await;
+        connection.send(Frame::Error {
+            id,
+            error: ApiError::not_leader(Some(LeaderAddrs {
+                wire: Some(leader.address.clone()),
+                grpc: None,
+            })),
+        });
+
+        let mut at_leader = leader.accept().await;
+        let (id, request) = at_leader.request().await;
+        assert_eq!(request, Request::Ping);
+        at_leader.send(Frame::Response {
+            id,
+            response: Response::Pong,
+        });
+        call.await.unwrap().unwrap();
+        assert_eq!(client.server().await, Some(leader.address.clone()));
     })
     .await;
 }

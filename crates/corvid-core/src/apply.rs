@@ -17,6 +17,11 @@ use crate::validate;
 
 pub(crate) const NEXT_ACCOUNT: &[u8] = b"next_account";
 pub(crate) const NEXT_MESSAGE: &[u8] = b"next_message";
+/// The greatest `now` any applied command carried: the state's clock. Commands are stamped
+/// by whichever server proposes them, and after a leader change that server's wall clock
+/// may be behind the last one's; applying at `max(command.now, clock)` keeps every time
+/// the state records (`sent_at`, session activity, expiry) from going backwards.
+pub(crate) const CLOCK: &[u8] = b"clock";
 /// A session's last activity is rewritten at most this often (or a tenth of its idle
 /// timeout, if smaller), so that a busy sender does not rewrite its session on every send.
 const TOUCH_GRANULARITY_MS: u64 = 60_000;
@@ -57,42 +62,39 @@ pub fn apply<T: TablesMut + ?Sized>(
         t: tables,
         effects: &mut effects,
     };
+    let now = state.advance_clock(command.now())?;
     let result = match command {
         Command::CreateAccount {
             username,
             display_name,
             password_hash,
-            now,
-        } => state.create_account(username, display_name, password_hash, *now),
+            ..
+        } => state.create_account(username, display_name, password_hash, now),
         Command::Login {
             account,
             session,
             policy,
-            now,
-        } => state.login(*account, session, policy, *now),
-        Command::Logout { session, now } => state.logout(session, *now),
+            ..
+        } => state.login(*account, session, policy, now),
+        Command::Logout { session, .. } => state.logout(session, now),
         Command::DeleteAccount {
             session,
             account,
             force,
-            now,
-        } => state.delete_account(session, *account, *force, *now),
+            ..
+        } => state.delete_account(session, *account, *force, now),
         Command::Send {
             session,
             to,
             text,
             client_id,
-            now,
-        } => state.send(session, to, text, *client_id, *now),
-        Command::MarkRead { session, ids, now } => state.mark_read(session, ids, *now),
-        Command::MarkDelivered {
-            account,
-            ids,
-            now: _,
-        } => state.mark_delivered(*account, ids),
-        Command::DeleteMessages { session, ids, now } => state.delete_messages(session, ids, *now),
-        Command::Touch { session, now } => {
-            state.authenticate(session, *now).map(|_| Outcome::Touched)
+            ..
+        } => state.send(session, to, text, *client_id, now),
+        Command::MarkRead { session, ids, .. } => state.mark_read(session, ids, now),
+        Command::MarkDelivered { account, ids, .. } => state.mark_delivered(*account, ids),
+        Command::DeleteMessages { session, ids, .. } => state.delete_messages(session, ids, now),
+        Command::Touch { session, .. } => {
+            state.authenticate(session, now).map(|_| Outcome::Touched)
         }
     };
     let outcome = match result {
@@ -617,6 +619,16 @@ impl<T: TablesMut + ?Sized> State<'_, T> {
             &key::id(id.0),
             &encode(&key::id(id.0), record),
         )?)
+    }
+
+    /// Moves the state's clock forward to `now` if it is behind, and returns the time the
+    /// command takes effect at: the later of the two.
+    fn advance_clock(&mut self, now: Timestamp) -> Result<Timestamp, StorageFault> {
+        let clock = query::meta(self.t, CLOCK)?;
+        if now > clock {
+            self.t.put(Table::Meta, CLOCK, &key::id(now))?;
+        }
+        Ok(now.max(clock))
     }
 
     fn next(&mut self, name: &[u8]) -> Result<u64, Fail> {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 
-use crate::apply::{NEXT_ACCOUNT, NEXT_MESSAGE};
+use crate::apply::{CLOCK, NEXT_ACCOUNT, NEXT_MESSAGE};
 use crate::records::{
     decode, describe_row, is_checked, AccountRecord, MessageRecord, Record, SessionRecord,
 };
@@ -115,6 +115,8 @@ impl<T: Tables + ?Sized> Checker<'_, T> {
     fn run(&mut self) -> Result<(), StorageFault> {
         let next_account = self.meta(NEXT_ACCOUNT)?;
         let next_message = self.meta(NEXT_MESSAGE)?;
+        // The clock is a u64 like the counters; nothing else bounds it.
+        self.meta(CLOCK)?;
         self.accounts(next_account)?;
         self.username_index()?;
         self.sessions()?;

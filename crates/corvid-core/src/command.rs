@@ -140,6 +140,11 @@ pub enum Effect {
         session: SessionKey,
         reason: EndReason,
     },
+    /// The whole state was replaced by a snapshot installed from another server. Never
+    /// produced by `apply`: the store emits it alone once the snapshot's state is committed.
+    /// The entries the snapshot covers were not applied here, so none of their effects were
+    /// emitted; each live subscription rereads what it may have missed.
+    StateReplaced,
 }
 
 /// The full result of applying one command.
@@ -147,6 +152,24 @@ pub enum Effect {
 pub struct Applied {
     pub outcome: Option<Outcome>,
     pub effects: Vec<Effect>,
+}
+
+impl Command {
+    /// The time its proposer stamped into the command. The state applies it at the later
+    /// of this and the greatest time already applied (see `apply`).
+    pub fn now(&self) -> Timestamp {
+        match self {
+            Command::CreateAccount { now, .. }
+            | Command::Login { now, .. }
+            | Command::Logout { now, .. }
+            | Command::DeleteAccount { now, .. }
+            | Command::Send { now, .. }
+            | Command::MarkRead { now, .. }
+            | Command::MarkDelivered { now, .. }
+            | Command::DeleteMessages { now, .. }
+            | Command::Touch { now, .. } => *now,
+        }
+    }
 }
 
 impl Applied {

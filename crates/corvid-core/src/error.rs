@@ -212,6 +212,19 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub detail: u64,
     pub message: String,
+    /// With [`ErrorCode::NotLeader`]: where clients reach the leader, when this server
+    /// knows it. Each protocol carries the address of its own listener.
+    pub leader: Option<LeaderAddrs>,
+}
+
+/// Where clients reach the leader, per protocol; `None` for a protocol whose address is
+/// unknown (or that the error's protocol does not carry).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaderAddrs {
+    /// The leader's binary-protocol listener.
+    pub wire: Option<String>,
+    /// The leader's gRPC listener.
+    pub grpc: Option<String>,
 }
 
 impl ApiError {
@@ -220,6 +233,15 @@ impl ApiError {
             code,
             detail: 0,
             message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// `not_leader`, naming the leader's addresses if known.
+    pub fn not_leader(leader: Option<LeaderAddrs>) -> ApiError {
+        ApiError {
+            leader,
+            ..ErrorCode::NotLeader.into()
         }
     }
 }
@@ -243,6 +265,7 @@ impl From<Rejection> for ApiError {
             code: rejection.code,
             detail: rejection.detail,
             message,
+            leader: None,
         }
     }
 }

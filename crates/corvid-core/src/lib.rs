@@ -23,7 +23,7 @@ pub mod write_back;
 pub use api::{AccountRow, AccountsPage, Event, HistoryPage, Request, Response, SubscribeFrom};
 pub use apply::apply;
 pub use command::{Applied, Command, Effect, Outcome, SessionPolicy};
-pub use error::{ApiError, ErrorCode, Rejection};
+pub use error::{ApiError, ErrorCode, LeaderAddrs, Rejection};
 pub use pattern::{Pattern, PatternSyntax};
 pub use tables::{MemTables, StorageFault, Table, Tables, TablesMut};
 pub use types::{

@@ -20,6 +20,10 @@
 //! | `peer`             | higher account id, lower account id   | ()               |
 //! | `former_username`  | folded username, `00`, account id     | ()               |
 //!
+//! `meta` also holds `clock`, the greatest time any applied command was stamped with: every
+//! command takes effect at the later of its own stamp and the clock, so that recorded times
+//! never go backwards when a server with a slower clock starts proposing.
+//!
 //! A received message has one `inbox` row, whose value says whether it is read: one row
 //! to write per message, not one in an inbox and another in an unread index. The account
 //! record keeps the unread count and `unread_from`, below which nothing is unread, so that

@@ -116,6 +116,8 @@ struct Model {
     messages: BTreeMap<u64, ModelMessage>,
     next_message: u64,
     dedup: BTreeMap<(u64, u64), u64>,
+    /// The greatest time stamped on any command so far: the time commands take effect at.
+    clock: u64,
 }
 
 impl Model {
@@ -438,18 +440,27 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn the_state_machine_agrees_with_the_model(actions in actions(80)) {
+    fn the_state_machine_agrees_with_the_model(
+        actions in actions(80),
+        stamps in prop::collection::vec(1_000..1_100u64, 100),
+    ) {
         let mut model = Model::default();
         let mut tables = MemTables::new();
         let mut tokens: Vec<SessionKey> = Vec::new();
         for (step, action) in actions.iter().enumerate() {
-            let now = 1_000 + step as u64;
+            // Each command is stamped by some server's clock, which may be behind the
+            // last one's: the state applies it at the greatest time it has seen.
+            let now = stamps[step % stamps.len()];
             let Some(command) = command(action, &model, &tokens, now) else { continue };
             if let Command::Login { session, .. } = &command {
                 tokens.push(*session);
             }
             let expected = model.step(action);
+            model.clock = model.clock.max(now);
             let applied = apply(&command, &mut tables).unwrap();
+            if let Outcome::Sent { message, duplicate: false } = applied.outcome() {
+                prop_assert_eq!(message.sent_at, model.clock, "step {} {:?}", step, action);
+            }
             prop_assert_eq!(reduce(applied.outcome()), expected, "step {} {:?}", step, action);
         }
         check_views(&tables, &model);

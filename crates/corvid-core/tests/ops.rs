@@ -247,6 +247,51 @@ fn sessions_expire_when_idle_or_too_old_and_activity_extends_them() {
 }
 
 #[test]
+fn time_never_goes_backwards_when_a_proposer_stamps_an_earlier_now() {
+    let mut chat = Chat::new();
+    chat.create("alice");
+    chat.create("bob");
+    let policy = SessionPolicy {
+        idle_timeout_ms: 10_000,
+        max_lifetime_ms: 1_000_000,
+        single_session: false,
+    };
+    let start = chat.now;
+    let alice = chat.login_with("alice", policy);
+    let bob = chat.login("bob");
+    chat.now = start + 5_000;
+    let first = chat.send(bob, "alice", "first", 0);
+    // A server whose clock is 4 s behind the last one's proposes next.
+    chat.now = start + 1_000;
+    let second = chat.send(bob, "alice", "second", 0);
+    let (
+        Outcome::Sent { message: first, .. },
+        Outcome::Sent {
+            message: second, ..
+        },
+    ) = (first, second)
+    else {
+        panic!("both sends succeed");
+    };
+    assert!(second.id > first.id);
+    assert_eq!(
+        second.sent_at,
+        start + 5_000,
+        "sent_at never goes backwards"
+    );
+
+    // Once the state has seen a time past alice's idle timeout, an earlier stamp does not
+    // bring her session back.
+    chat.now = start + 11_000;
+    chat.sent_id(bob, "alice", "third");
+    chat.now = start + 6_000;
+    assert_eq!(
+        chat.send(alice, "bob", "too late", 0),
+        rejected(ErrorCode::Unauthenticated)
+    );
+}
+
+#[test]
 fn several_sessions_by_default_single_session_ends_the_older_ones() {
     let mut chat = Chat::new();
     chat.create("alice");

@@ -2,10 +2,11 @@
 //!
 //! A status carries the nearest standard gRPC code, the error's sentence as its message,
 //! and the stable Corvid error in metadata (trailers): [`CODE_KEY`] (the number),
-//! [`NAME_KEY`] (the name) and [`DETAIL_KEY`] (the detail number). `proto/corvid.proto`
+//! [`NAME_KEY`] (the name) and [`DETAIL_KEY`] (the detail number), and on `not_leader`
+//! the leader's gRPC address, when known, in [`LEADER_KEY`]. `proto/corvid.proto`
 //! documents the same table for other clients.
 
-use corvid_core::{ApiError, ErrorCode};
+use corvid_core::{ApiError, ErrorCode, LeaderAddrs};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
@@ -15,6 +16,9 @@ pub const CODE_KEY: &str = "corvid-error-code";
 pub const NAME_KEY: &str = "corvid-error-name";
 /// Metadata key of the detail number ("3" unread messages), "0" when the code has none.
 pub const DETAIL_KEY: &str = "corvid-error-detail";
+/// Metadata key of the leader's gRPC address ("10.0.0.2:7071") on a `not_leader` status,
+/// when the server knows the leader: the client's next attempt goes there.
+pub const LEADER_KEY: &str = "corvid-leader";
 
 /// The standard gRPC code nearest to a Corvid error code.
 pub fn grpc_code(code: ErrorCode) -> Code {
@@ -50,6 +54,14 @@ pub fn to_status(error: &ApiError) -> Status {
     metadata.insert(CODE_KEY, MetadataValue::from(error.code.as_u16()));
     metadata.insert(NAME_KEY, MetadataValue::from_static(error.code.name()));
     metadata.insert(DETAIL_KEY, MetadataValue::from(error.detail));
+    let leader = error.leader.as_ref().and_then(|l| l.grpc.as_deref());
+    if let Some(address) = leader.filter(|_| error.code == ErrorCode::NotLeader) {
+        // An address that is no valid header value (it comes from the cluster's own
+        // configuration) is left out: the client then tries the servers it knows.
+        if let Ok(value) = address.parse() {
+            metadata.insert(LEADER_KEY, value);
+        }
+    }
     Status::with_metadata(grpc_code(error.code), error.message.clone(), metadata)
 }
 
@@ -80,10 +92,19 @@ pub fn from_status(status: &Status) -> Option<ApiError> {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok())
         .unwrap_or(0);
+    let leader = metadata
+        .get(LEADER_KEY)
+        .and_then(|value| value.to_str().ok())
+        .filter(|address| code == ErrorCode::NotLeader && !address.is_empty())
+        .map(|address| LeaderAddrs {
+            wire: None,
+            grpc: Some(address.to_string()),
+        });
     Some(ApiError {
         code,
         detail,
         message: status.message().to_string(),
+        leader,
     })
 }
 
@@ -105,6 +126,30 @@ mod tests {
             );
             assert_eq!(from_status(&status), Some(error));
         }
+    }
+
+    #[test]
+    fn not_leader_carries_the_leaders_grpc_address() {
+        let error = ApiError::not_leader(Some(LeaderAddrs {
+            wire: Some("10.0.0.2:7070".into()),
+            grpc: Some("10.0.0.2:7071".into()),
+        }));
+        let status = to_status(&error);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.metadata().get(LEADER_KEY).unwrap().to_str().unwrap(),
+            "10.0.0.2:7071"
+        );
+        let decoded = from_status(&status).unwrap();
+        assert_eq!(decoded.code, ErrorCode::NotLeader);
+        assert_eq!(
+            decoded.leader.unwrap().grpc.as_deref(),
+            Some("10.0.0.2:7071")
+        );
+        // With no leader known, no key.
+        let status = to_status(&ApiError::not_leader(None));
+        assert!(status.metadata().get(LEADER_KEY).is_none());
+        assert_eq!(from_status(&status).unwrap().leader, None);
     }
 
     #[test]

@@ -402,6 +402,13 @@ impl Node {
         self.proposer.propose(command).await
     }
 
+    /// Changes the free space below which writes are refused (see
+    /// [`NodeConfig::min_free_bytes`]); tests raise it to see writes refused without
+    /// filling a disk.
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.reader.set_min_free_bytes(bytes);
+    }
+
     /// A linearizable read: sees every write acknowledged before it began, on any server.
     ///
     /// The leader confirms its leadership with a quorum and waits until everything

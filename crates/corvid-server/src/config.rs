@@ -14,6 +14,8 @@ use corvid_core::SessionPolicy;
 pub const DEFAULT_PORT: u16 = 7070;
 /// The default port of gRPC.
 pub const DEFAULT_GRPC_PORT: u16 = corvid_grpc::DEFAULT_PORT;
+/// The default port of the HTTP listener (the web UI and its WebSocket API).
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// Everything `corvid serve` can be told. Field docs are the reference for the TOML file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,10 @@ pub struct Config {
     /// Address of the gRPC listener, or `"off"` for no gRPC. Port 0 picks a free port.
     #[serde(with = "optional_address")]
     pub grpc_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener (the web UI at `/`, its WebSocket API at `/api/ws`),
+    /// or `"off"` for none. Port 0 picks a free port.
+    #[serde(with = "optional_address")]
+    pub http_listen: Option<SocketAddr>,
     /// Threads of the async runtime, which serves connections and runs Raft. 0 (the
     /// default) means one fewer than the machine's cores, at least one: the state machine
     /// applies on a thread of its own, and the log fsyncs on another.
@@ -227,6 +233,7 @@ impl Default for Config {
             data_dir: PathBuf::from("corvid-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_GRPC_PORT))),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
             worker_threads: 0,
             limits: Limits::default(),
             sessions: Sessions::default(),
@@ -301,7 +308,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults with data in `data_dir` and both listeners on free loopback ports: what a
+    /// Defaults with data in `data_dir` and every listener on a free loopback port: what a
     /// test or a benchmark that runs several servers side by side wants.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -309,6 +316,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen: any_port,
             grpc_listen: Some(any_port),
+            http_listen: Some(any_port),
             ..Config::default()
         }
     }
@@ -419,6 +427,13 @@ impl Config {
         cluster.serve_as = Some(id);
         self.listen = member.wire;
         self.grpc_listen = member.grpc;
+        // The member's web listener when it names a socket address; a host name (a proxy
+        // in front) leaves `http_listen` to say what to bind, and none means no web.
+        match member.http.as_deref().map(str::parse::<SocketAddr>) {
+            Some(Ok(address)) => self.http_listen = Some(address),
+            Some(Err(_)) => {}
+            None => self.http_listen = None,
+        }
         if let Some(data) = member.data {
             self.data_dir = data;
         }
@@ -495,9 +510,9 @@ pub struct Cluster {
     /// (docs/benchmarks.md, "Cluster").
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
-    /// A follower that has heard no leader for a random time between this and
-    /// `election_timeout_max_ms` milliseconds stands for election (openraft adds
-    /// `election_timeout_max_ms` to it while the follower knows a leader).
+    /// A follower that has heard no leader for `election_timeout_max_ms` (openraft's leader
+    /// lease) plus a random time between this and `election_timeout_max_ms` milliseconds
+    /// stands for election.
     #[serde(default = "default_election_timeout_min_ms")]
     pub election_timeout_min_ms: u64,
     /// See `election_timeout_min_ms`.
@@ -512,6 +527,11 @@ pub struct Cluster {
     /// Which member this server is: set by `corvid serve --id`, never in the file.
     #[serde(skip)]
     pub serve_as: Option<u64>,
+    /// Set by `corvid serve --join`: this server is to be added to a running cluster
+    /// (`corvid cluster add`), so a new data directory waits for the cluster rather than
+    /// forming it.
+    #[serde(skip)]
+    pub join: bool,
 }
 
 /// One server of `[cluster]`.
@@ -531,7 +551,8 @@ pub struct ClusterMember {
     /// The gRPC listener of this server; absent means no gRPC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<SocketAddr>,
-    /// Where this server's web listener is, recorded in its member record for clients.
+    /// Where this server's web listener is, recorded in its member record for clients. A
+    /// socket address is also what the server binds; absent means no web listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
     /// This server's data directory; absent means `data_dir`.
@@ -539,6 +560,9 @@ pub struct ClusterMember {
     pub data: Option<PathBuf>,
 }
 
+// openraft 0.9 adds its leader lease (`election_timeout_max_ms`) to a follower's timeout,
+// so a follower stands after 250-300 ms of silence. Failover figures for these and slower
+// settings are in docs/benchmarks.md.
 fn default_heartbeat_ms() -> u64 {
     40
 }
@@ -637,6 +661,7 @@ impl Cluster {
             let mut own = vec![member.raft.clone(), member.wire.to_string()];
             own.extend(member.grpc.map(|a| a.to_string()));
             own.extend(member.raft_listen.map(|a| a.to_string()));
+            own.extend(member.http.clone());
             for address in own {
                 // Port 0 is left to the system, so it cannot clash.
                 if !address.ends_with(":0") && !addresses.insert(address.clone()) {
@@ -798,6 +823,20 @@ mod tests {
     }
 
     #[test]
+    fn the_web_listener_is_on_loopback_by_default_and_can_be_moved_or_switched_off() {
+        let http = Config::default()
+            .http_listen
+            .expect("HTTP is on by default");
+        assert_eq!(http.port(), DEFAULT_HTTP_PORT);
+        assert!(http.ip().is_loopback());
+        let config = Config::from_toml("http_listen = \"0.0.0.0:9080\"").unwrap();
+        assert_eq!(config.http_listen, Some("0.0.0.0:9080".parse().unwrap()));
+        let config = Config::from_toml("http_listen = \"off\"").unwrap();
+        assert_eq!(config.http_listen, None);
+        assert!(Config::from_toml("http_listen = \"web\"").is_err());
+    }
+
+    #[test]
     fn a_file_overrides_what_it_names() {
         let config = Config::from_toml(
             "data_dir = \"/tmp/x\"\n[sessions]\nsingle_session = true\n[limits]\nmax_text_bytes = 100\n",
@@ -915,6 +954,22 @@ wire = "127.0.0.1:7074"
         assert!(error.contains("--id 4 is not a member"), "{error}");
         let alone = Config::default().as_member(1).unwrap_err().to_string();
         assert!(alone.contains("[cluster]"), "{alone}");
+    }
+
+    #[test]
+    fn a_cluster_member_binds_the_web_listener_it_names_and_none_without_one() {
+        let with_web = CLUSTER.replace(
+            "data = \"corvid-data-1\"",
+            "data = \"corvid-data-1\"\nhttp = \"127.0.0.1:8081\"",
+        );
+        let config = Config::from_toml(&with_web).unwrap();
+        let one = config.clone().as_member(1).unwrap();
+        assert_eq!(one.http_listen, Some("127.0.0.1:8081".parse().unwrap()));
+        // Three servers on one machine must not all take the default port.
+        assert_eq!(config.as_member(2).unwrap().http_listen, None);
+        let named = with_web.replace("127.0.0.1:8081", "chat.example:443");
+        let behind_a_proxy = Config::from_toml(&named).unwrap().as_member(1).unwrap();
+        assert_eq!(behind_a_proxy.http_listen, Config::default().http_listen);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! in bytes, and a subscriber whose queue is full is dropped at once, its queued events
 //! freed (its stream ends) and it resumes from its last message id when it resubscribes.
 //! An account may hold only so many live subscriptions on this server.
+//!
+//! When an installed snapshot replaces the whole state, the effects of the entries it
+//! covers were never emitted here: every subscriber is told so ([`Queued::StateReplaced`])
+//! and rereads its inbox after the last message it delivered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +55,17 @@ pub fn event_bytes(event: &Event) -> usize {
     std::mem::size_of::<Event>() + owned
 }
 
+/// What a subscriber takes from its queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Queued {
+    Event(Event),
+    /// The state was replaced by an installed snapshot since the subscriber last looked:
+    /// messages may have arrived that were never pushed. It comes before any event still
+    /// queued, which is fine: those events were applied before the snapshot's state, so the
+    /// subscriber's reread covers them too.
+    StateReplaced,
+}
+
 /// One subscriber's events, bounded in bytes. The hub pushes without waiting; the
 /// subscription takes them one at a time.
 pub struct EventQueue {
@@ -67,6 +82,9 @@ struct QueueState {
     events: VecDeque<Event>,
     bytes: usize,
     closed: bool,
+    /// The state was replaced since the subscriber last took from the queue. One flag,
+    /// not a queued item: however many snapshots are installed, one reread covers them.
+    state_replaced: bool,
 }
 
 /// Why an event could not be queued.
@@ -114,6 +132,17 @@ impl EventQueue {
         Ok(())
     }
 
+    /// Tells the subscriber that the state was replaced (see [`Queued::StateReplaced`]).
+    fn mark_state_replaced(&self) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        state.state_replaced = true;
+        drop(state);
+        self.ready.notify_one();
+    }
+
     /// Ends the queue. Events already queued are still taken (a `SessionEnded` must reach
     /// its client), unless the subscriber fell behind: then they are freed at once, since
     /// the subscriber resumes from its last id anyway, and nothing else may hold them
@@ -132,17 +161,21 @@ impl EventQueue {
         self.ready.notify_one();
     }
 
-    /// The next event; `None` once the queue is closed and empty.
-    pub async fn recv(&self) -> Option<Event> {
+    /// The next event, or the notice that the state was replaced; `None` once the queue is
+    /// closed and empty.
+    pub async fn recv(&self) -> Option<Queued> {
         loop {
             {
                 let mut state = self.lock();
+                if std::mem::take(&mut state.state_replaced) {
+                    return Some(Queued::StateReplaced);
+                }
                 if let Some(event) = state.events.pop_front() {
                     state.bytes -= event_bytes(&event);
                     if state.events.is_empty() && state.events.capacity() > KEPT_CAPACITY {
                         state.events.shrink_to(KEPT_CAPACITY);
                     }
-                    return Some(event);
+                    return Some(Queued::Event(event));
                 }
                 if state.closed {
                     return None;
@@ -311,6 +344,11 @@ impl Hub {
                         );
                     }
                 }
+                Effect::StateReplaced => {
+                    for subscriber in registry.by_account.values().flatten() {
+                        subscriber.queue.mark_state_replaced();
+                    }
+                }
             }
         }
         for (account, id, removal) in dropped {
@@ -393,7 +431,12 @@ mod tests {
 
     /// The next event if one is queued now; `Some(None)` when the queue has ended.
     fn next_now(queue: &EventQueue) -> Option<Option<Event>> {
-        queue.recv().now_or_never()
+        queue.recv().now_or_never().map(|queued| {
+            queued.map(|queued| match queued {
+                Queued::Event(event) => event,
+                Queued::StateReplaced => panic!("the state was not replaced"),
+            })
+        })
     }
 
     fn subscribe(
@@ -512,6 +555,27 @@ mod tests {
         }]);
         assert!(matches!(next_now(&queue_2), Some(Some(Event::Message(_)))));
         assert_eq!(next_now(&queue), Some(None));
+    }
+
+    #[test]
+    fn every_subscriber_hears_once_that_the_state_was_replaced_before_its_queued_events() {
+        let hub = Arc::new(Hub::default());
+        let (_r1, bob) = subscribe(&hub, 2, 1, "bob");
+        let (_r2, carol) = subscribe(&hub, 3, 2, "carol");
+        hub.dispatch(&[Effect::Message {
+            to: AccountId(2),
+            message: message(1),
+        }]);
+        hub.dispatch(&[Effect::StateReplaced]);
+        hub.dispatch(&[Effect::StateReplaced]);
+        assert_eq!(bob.recv().now_or_never(), Some(Some(Queued::StateReplaced)));
+        assert_eq!(next_now(&bob), Some(Some(Event::Message(message(1)))));
+        assert_eq!(next_now(&bob), None);
+        assert_eq!(
+            carol.recv().now_or_never(),
+            Some(Some(Queued::StateReplaced))
+        );
+        assert_eq!(next_now(&carol), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod password;
 pub mod service;
 pub mod tcp;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,7 +45,11 @@ pub struct ServeArgs {
     /// Address of the gRPC listener, or `off` [default: 127.0.0.1:7071].
     #[arg(long, value_name = "ADDR|off")]
     pub grpc_listen: Option<OptionalAddress>,
-    /// PEM certificate (chain) for TLS on both listeners; needs --tls-key.
+    /// Address of the HTTP listener (web UI and WebSocket API), or `off`
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR|off")]
+    pub http_listen: Option<OptionalAddress>,
+    /// PEM certificate (chain) for TLS on every listener; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
@@ -57,6 +62,10 @@ pub struct ServeArgs {
     /// directory become this server's (flags still override them).
     #[arg(long)]
     pub id: Option<u64>,
+    /// With --id: this server is being added to a running cluster (`corvid cluster add`);
+    /// its new data directory waits to be sent the cluster instead of forming it.
+    #[arg(long, requires = "id")]
+    pub join: bool,
 }
 
 impl ServeArgs {
@@ -68,6 +77,9 @@ impl ServeArgs {
         };
         if let Some(id) = self.id {
             config = config.as_member(id)?;
+            if let Some(cluster) = &mut config.cluster {
+                cluster.join = self.join;
+            }
         }
         if let Some(data) = &self.data {
             config.data_dir = data.clone();
@@ -77,6 +89,9 @@ impl ServeArgs {
         }
         if let Some(OptionalAddress(grpc_listen)) = self.grpc_listen {
             config.grpc_listen = grpc_listen;
+        }
+        if let Some(OptionalAddress(http_listen)) = self.http_listen {
+            config.http_listen = http_listen;
         }
         if self.single_session {
             config.sessions.single_session = true;
@@ -94,12 +109,14 @@ impl ServeArgs {
 pub struct RunningServer {
     wire_addr: SocketAddr,
     grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// The listeners' tasks, until they have ended.
     wire: Option<tokio::task::JoinHandle<()>>,
     grpc: Option<tokio::task::JoinHandle<()>>,
     /// The server-to-server listener of a cluster member, and where it listens.
     peer: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    http: Option<tokio::task::JoinHandle<()>>,
     admission: Arc<Admission>,
     service: Arc<Service>,
 }
@@ -113,6 +130,11 @@ impl RunningServer {
     /// Where gRPC listens, unless it is off.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc_addr
+    }
+
+    /// Where the web UI and its WebSocket API listen, unless HTTP is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     pub fn service(&self) -> &Arc<Service> {
@@ -152,7 +174,8 @@ impl RunningServer {
                 .is_err()
             {
                 tracing::error!("connections still open after they were closed; leaving them");
-                for listener in [self.wire.take(), self.grpc.take()].into_iter().flatten() {
+                let listeners = [self.wire.take(), self.grpc.take(), self.http.take()];
+                for listener in listeners.into_iter().flatten() {
                     listener.abort();
                 }
             }
@@ -182,7 +205,7 @@ impl RunningServer {
 }
 
 impl RunningServer {
-    /// Waits until both listeners have stopped and every connection has ended.
+    /// Waits until every listener has stopped and every connection has ended.
     async fn connections_closed(&mut self) {
         // A task's handle is awaited once: an ended listener is forgotten.
         if let Some(wire) = &mut self.wire {
@@ -192,6 +215,10 @@ impl RunningServer {
         if let Some(grpc) = &mut self.grpc {
             let _ = grpc.await;
             self.grpc = None;
+        }
+        if let Some(http) = &mut self.http {
+            let _ = http.await;
+            self.http = None;
         }
         self.admission.wait().await;
     }
@@ -214,6 +241,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     // Read before anything listens, so that a bad certificate stops the start.
     let wire_tls = tls::acceptor(&config.tls, &[])?;
     let grpc_tls = tls::acceptor(&config.tls, &[tls::ALPN_H2])?;
+    let http_tls = tls::acceptor(&config.tls, &[tls::ALPN_HTTP1])?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let listener = TcpListener::bind(config.listen)
@@ -232,6 +260,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
+    let http_listener = match config.http_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {address}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
 
     let hub = Arc::new(Hub::new(HubLimits {
         queue_bytes: config.limits.subscriber_queue_bytes,
@@ -246,7 +286,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         client: ClientAddrs {
             wire: Some(wire_addr.to_string()),
             grpc: grpc_addr.map(|address| address.to_string()),
-            http: None,
+            http: http_addr.map(|address| address.to_string()),
         },
     };
     let mut node_config = corvid_raft::NodeConfig {
@@ -275,6 +315,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let initialized = async {
         if !node.is_initialized().await? {
             match &config.cluster {
+                // A server being added waits for the leader to send it the log.
+                Some(cluster) if cluster.join => {}
                 Some(cluster) => {
                     node.initialize(cluster::members(cluster)).await?;
                 }
@@ -329,13 +371,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown.clone(),
         ))
     });
+    let http = http_listener.map(|listener| {
+        tokio::spawn(web::serve(
+            listener,
+            http_tls,
+            service.clone(),
+            admission.clone(),
+            shutdown.clone(),
+        ))
+    });
     let server = RunningServer {
         wire_addr,
         grpc_addr,
+        http_addr,
         shutdown,
         wire: Some(wire),
         grpc,
         peer,
+        http,
         admission,
         service,
     };
@@ -358,7 +411,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         return Err(e).context("the node found no leader");
     }
     let tls_on = config.tls.files().is_some();
-    tracing::info!(%wire_addr, ?grpc_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
+    tracing::info!(%wire_addr, ?grpc_addr, ?http_addr, tls = tls_on, data_dir = %config.data_dir.display(), "corvid is serving");
     Ok(server)
 }
 
@@ -419,14 +472,17 @@ async fn node_stopped(raft: corvid_store::typ::Raft) -> String {
     }
 }
 
-/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ./corvid-data)`.
+/// `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, http 127.0.0.1:8080, data in
+/// ./corvid-data)`.
 fn ready_line(server: &RunningServer, data_dir: &std::path::Path) -> String {
-    let grpc = match server.grpc_addr() {
+    let address_or_off = |address: Option<SocketAddr>| match address {
         Some(address) => address.to_string(),
         None => "off".to_string(),
     };
+    let grpc = address_or_off(server.grpc_addr());
+    let http = address_or_off(server.http_addr());
     format!(
-        "corvid serving on {} (grpc {grpc}, data in {})",
+        "corvid serving on {} (grpc {grpc}, http {http}, data in {})",
         server.wire_addr(),
         data_dir.display()
     )

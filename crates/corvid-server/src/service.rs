@@ -5,28 +5,41 @@
 //! requests are validated, stamped (time, tokens, password hashes) into commands for the
 //! log, and where reads are served after `ensure_linearizable`.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use corvid_core::query::{self, QueryError};
 use corvid_core::{
-    validate, AccountId, ApiError, Command, EndReason, ErrorCode, Event, Message, MessageId,
-    Outcome, Pattern, Request, Response, SessionKey, SessionPolicy, SubscribeFrom, Timestamp,
-    Token,
+    validate, AccountId, ApiError, Command, EndReason, ErrorCode, Event, LeaderAddrs, Message,
+    MessageId, Outcome, Pattern, Request, Response, SessionKey, SessionPolicy, SubscribeFrom,
+    Timestamp, Token,
 };
 use corvid_raft::{Node, NodeError};
 
 use crate::config::Login;
-use crate::hub::{EventQueue, Hub, Registration};
+use crate::hub::{EventQueue, Hub, Queued, Registration};
 pub use crate::password::Origin;
 use crate::password::Passwords;
 
 /// How long delivery notes gather before they are proposed as one `MarkDelivered` batch.
 const DELIVERY_BATCH_DELAY: Duration = Duration::from_millis(10);
+/// Message ids whose `delivered` mark may wait to be written, over all accounts. Past it a
+/// new note is dropped, with a warning: the message stays `sent` until it is fetched or
+/// pushed again. Marks wait only while writes are refused, and 64 Ki ids are about 3 MiB.
+const MAX_PENDING_DELIVERIES: usize = 64 * 1024;
+/// Delivery notes proposed in one round, at most.
+const DELIVERY_ROUND: usize = 8 * validate::MAX_IDS;
+/// How long a refused round of delivery marks waits before it is tried again: doubled on
+/// each refusal, up to the maximum.
+const DELIVERY_RETRY_FIRST: Duration = Duration::from_millis(50);
+const DELIVERY_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How soon a subscription's refused session touch is tried again (or at its next regular
+/// touch, if that comes sooner).
+const TOUCH_RETRY: Duration = Duration::from_secs(1);
 
 /// Backlog messages read per page when a subscriber resumes.
 const REPLAY_PAGE: usize = 256;
@@ -45,22 +58,22 @@ pub struct Service {
     hub: Arc<Hub>,
     config: ServiceConfig,
     passwords: Passwords,
-    deliveries: mpsc::UnboundedSender<(AccountId, MessageId)>,
+    deliveries: Arc<PendingDeliveries>,
 }
 
 impl Service {
     /// Builds the service over a started node whose effects feed `hub`.
     pub fn new(node: Node, hub: Arc<Hub>, config: ServiceConfig) -> anyhow::Result<Arc<Service>> {
         let passwords = Passwords::new(&config.login)?;
-        let (deliveries, pending) = mpsc::unbounded_channel();
+        let deliveries = Arc::new(PendingDeliveries::default());
         let service = Arc::new(Service {
             node,
             hub,
             config,
             passwords,
-            deliveries,
+            deliveries: deliveries.clone(),
         });
-        tokio::spawn(record_deliveries(Arc::downgrade(&service), pending));
+        tokio::spawn(record_deliveries(Arc::downgrade(&service), deliveries));
         Ok(service)
     }
 
@@ -370,11 +383,13 @@ impl Service {
         let mut touch =
             tokio::time::interval_at(tokio::time::Instant::now() + touch_every, touch_every);
         touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let touch_retry = TOUCH_RETRY.min(touch_every);
         let (replay, skip_through) = match from {
             SubscribeFrom::Now => (None, MessageId(0)),
             SubscribeFrom::After(after) => (
                 Some(Replay {
                     cursor: after,
+                    through: last_id,
                     unread_only: false,
                 })
                 .filter(|_| after < last_id),
@@ -383,6 +398,7 @@ impl Service {
             SubscribeFrom::OldestUnread => (
                 Some(Replay {
                     cursor: MessageId(0),
+                    through: last_id,
                     unread_only: true,
                 })
                 .filter(|_| last_id > MessageId(0)),
@@ -398,8 +414,10 @@ impl Service {
             backlog: VecDeque::new(),
             replay,
             skip_through,
+            live_through: last_id,
             last_id,
             touch,
+            touch_retry,
             ended: false,
         })
     }
@@ -407,8 +425,7 @@ impl Service {
     /// Notes that `message` reached a session of `account`; the receipt follows shortly.
     fn delivered(&self, account: AccountId, message: &Message) {
         if message.status == corvid_core::ReceiptStatus::Sent {
-            // The receiver task lives as long as the service.
-            let _ = self.deliveries.send((account, message.id));
+            self.deliveries.add(account, message.id);
         }
     }
 
@@ -444,8 +461,14 @@ pub struct Subscription {
     replay: Option<Replay>,
     /// Live messages up to this id were (or will be) sent by the replay.
     skip_through: MessageId,
+    /// Everything in the inbox up to this id was sent, replayed or is not to be sent: the
+    /// newest id when the subscription started, then each live message sent. After the
+    /// state is replaced, the subscription resumes after it.
+    live_through: MessageId,
     last_id: MessageId,
     touch: tokio::time::Interval,
+    /// How soon a refused touch is tried again.
+    touch_retry: Duration,
     ended: bool,
 }
 
@@ -474,10 +497,11 @@ impl Subscription {
             }
             if let Some(Replay {
                 cursor,
+                through,
                 unread_only,
             }) = self.replay
             {
-                let (account, last_id) = (self.account, self.last_id);
+                let account = self.account;
                 let page = self
                     .service
                     .read(move |t| {
@@ -486,13 +510,13 @@ impl Subscription {
                                 t,
                                 account,
                                 cursor,
-                                last_id,
+                                through,
                                 REPLAY_PAGE,
                             )?);
                         }
                         let page = query::inbox_after(t, account, cursor, REPLAY_PAGE)?;
                         let full = page.len() == REPLAY_PAGE;
-                        let next = page.last().map(|m| m.id).filter(|id| full && *id < last_id);
+                        let next = page.last().map(|m| m.id).filter(|id| full && *id < through);
                         Ok((page, next))
                     })
                     .await;
@@ -502,10 +526,11 @@ impl Subscription {
                 };
                 self.replay = next.map(|cursor| Replay {
                     cursor,
+                    through,
                     unread_only,
                 });
                 self.backlog
-                    .extend(page.into_iter().filter(|m| m.id <= last_id));
+                    .extend(page.into_iter().filter(|m| m.id <= through));
                 continue;
             }
             tokio::select! {
@@ -514,23 +539,39 @@ impl Subscription {
                         self.ended = true;
                         return None;
                     }
-                    Some(Event::Message(message)) if message.id <= self.skip_through => continue,
-                    Some(Event::Message(message)) => {
+                    Some(Queued::StateReplaced) => {
+                        if !self.resume_after_state_replaced().await {
+                            self.ended = true;
+                            return None;
+                        }
+                    }
+                    Some(Queued::Event(Event::Message(message))) if message.id <= self.skip_through => continue,
+                    Some(Queued::Event(Event::Message(message))) => {
+                        self.live_through = self.live_through.max(message.id);
                         self.service.delivered(self.account, &message);
                         return Some(Event::Message(message));
                     }
-                    Some(event @ Event::SessionEnded { .. }) => {
+                    Some(Queued::Event(event @ Event::SessionEnded { .. })) => {
                         self.ended = true;
                         return Some(event);
                     }
-                    Some(event) => return Some(event),
+                    Some(Queued::Event(event)) => return Some(event),
                 },
                 _ = self.touch.tick() => {
                     // A live subscription is activity: it keeps the session from idling out.
                     let touched = self.service.write(Command::Touch { session: self.session, now: now() }).await;
-                    if matches!(&touched, Err(e) if e.code == ErrorCode::Unauthenticated) {
-                        self.ended = true;
-                        return Some(Event::SessionEnded { reason: EndReason::Expired });
+                    match touched {
+                        Err(e) if e.code == ErrorCode::Unauthenticated => {
+                            self.ended = true;
+                            return Some(Event::SessionEnded { reason: EndReason::Expired });
+                        }
+                        // Refused for now (no leader, a full disk): the subscription goes
+                        // on, and the touch is tried again soon.
+                        Err(e) => {
+                            tracing::warn!(code = ?e.code, "could not touch a subscribed session; retrying");
+                            self.touch.reset_after(self.touch_retry);
+                        }
+                        Ok(_) => {}
                     }
                 }
             }
@@ -538,34 +579,149 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// After an installed snapshot replaced the state, messages may have arrived that were
+    /// never pushed: replays the inbox after the last message this subscription sent, up to
+    /// the newest now, and skips live messages up to there, exactly as a new subscription
+    /// `after` that id would. Only called once the replay has caught up, so that what it
+    /// sent is exactly the inbox up to `live_through`. `false` if the stream must end: the
+    /// session is gone (its end may be in what the snapshot covered), or the state cannot
+    /// be read now; either way the client resubscribes and learns which.
+    async fn resume_after_state_replaced(&mut self) -> bool {
+        let (account, session, now) = (self.account, self.session, now());
+        let newest = self
+            .service
+            .read(move |t| {
+                query::authenticate(t, &session, now)?;
+                Ok::<_, QueryError>(query::last_inbox_id(t, account)?)
+            })
+            .await;
+        let Ok(newest) = newest else {
+            return false;
+        };
+        if newest > self.live_through {
+            self.replay = Some(Replay {
+                cursor: self.live_through,
+                through: newest,
+                unread_only: false,
+            });
+            self.skip_through = self.skip_through.max(newest);
+            self.live_through = newest;
+        }
+        true
+    }
+}
+
 /// What a subscription still has to replay before it goes live: inbox messages after
-/// `cursor`, all of them or only the unread ones, up to the newest when it started.
+/// `cursor` up to `through` (the newest when it started, or when the state was replaced),
+/// all of them or only the unread ones.
 #[derive(Clone, Copy, Debug)]
 struct Replay {
     cursor: MessageId,
+    through: MessageId,
     unread_only: bool,
 }
 
-/// Batches delivery notes into `MarkDelivered` commands: one log entry per account per
-/// batch, however many messages were pushed meanwhile.
-async fn record_deliveries(
-    service: std::sync::Weak<Service>,
-    mut pending: mpsc::UnboundedReceiver<(AccountId, MessageId)>,
-) {
-    while let Some((account, id)) = pending.recv().await {
+/// Delivery notes not yet written: message ids per account, merged, bounded in number
+/// ([`MAX_PENDING_DELIVERIES`]). A note stays until its `MarkDelivered` applies; a refused
+/// write puts its ids back.
+#[derive(Default)]
+struct PendingDeliveries {
+    state: Mutex<Pending>,
+    /// Wakes `record_deliveries` when a note arrives.
+    added: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    ids: BTreeMap<AccountId, BTreeSet<MessageId>>,
+    count: usize,
+    /// Notes dropped because the set was full, not yet reported.
+    dropped: u64,
+}
+
+impl PendingDeliveries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Every update leaves the set consistent before anything that could panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, account: AccountId, id: MessageId) {
+        let mut pending = self.lock();
+        if pending.count >= MAX_PENDING_DELIVERIES {
+            pending.dropped += 1;
+            return;
+        }
+        if pending.ids.entry(account).or_default().insert(id) {
+            pending.count += 1;
+        }
+        drop(pending);
+        self.added.notify_one();
+    }
+
+    /// Puts back the ids of a refused write. Not bounded by the limit: they were counted
+    /// before they were taken, and a round takes at most [`DELIVERY_ROUND`].
+    fn put_back(&self, account: AccountId, ids: &[MessageId]) {
+        let mut pending = self.lock();
+        let set = pending.ids.entry(account).or_default();
+        let before = set.len();
+        set.extend(ids.iter().copied());
+        let added = set.len() - before;
+        pending.count += added;
+    }
+
+    /// Takes at most `limit` ids, account by account, and the count of notes dropped
+    /// since the last call.
+    fn take(&self, limit: usize) -> (Vec<(AccountId, Vec<MessageId>)>, u64) {
+        let mut pending = self.lock();
+        let mut taken = Vec::new();
+        let mut size = 0;
+        while size < limit {
+            let Some(mut entry) = pending.ids.first_entry() else {
+                break;
+            };
+            let account = *entry.key();
+            let room = limit - size;
+            let ids: Vec<MessageId> = if entry.get().len() <= room {
+                entry.remove().into_iter().collect()
+            } else {
+                (0..room)
+                    .filter_map(|_| entry.get_mut().pop_first())
+                    .collect()
+            };
+            size += ids.len();
+            taken.push((account, ids));
+        }
+        pending.count -= size;
+        (taken, std::mem::take(&mut pending.dropped))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().count == 0
+    }
+}
+
+/// Writes delivery notes as `MarkDelivered` commands: one log entry per round, however many
+/// messages were pushed meanwhile. A write refused for now (no leader, a full disk) is tried
+/// again with a growing delay until it applies; one that is moot (the account or the
+/// message is gone) applies as a no-op. Ends with the service.
+async fn record_deliveries(service: std::sync::Weak<Service>, pending: Arc<PendingDeliveries>) {
+    let mut retry = DELIVERY_RETRY_FIRST;
+    loop {
+        if pending.is_empty() {
+            pending.added.notified().await;
+        }
         // Wait a moment before proposing: more deliveries join this batch, and its log entry
         // (with its fsync) stops sitting in front of every next send. A delivered receipt
         // is a little later; a send is not.
         tokio::time::sleep(DELIVERY_BATCH_DELAY).await;
-        let mut batch: BTreeMap<AccountId, Vec<MessageId>> = BTreeMap::new();
-        batch.entry(account).or_default().push(id);
-        let mut size = 1;
-        while size < 8 * validate::MAX_IDS {
-            let Ok((account, id)) = pending.try_recv() else {
-                break;
-            };
-            batch.entry(account).or_default().push(id);
-            size += 1;
+        let (batch, dropped) = pending.take(DELIVERY_ROUND);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                limit = MAX_PENDING_DELIVERIES,
+                "too many delivery marks waiting: these messages stay `sent` until fetched"
+            );
         }
         let Some(service) = service.upgrade() else {
             return;
@@ -573,28 +729,67 @@ async fn record_deliveries(
         // Proposed all at once, so that the proposer puts them in one log entry: one
         // fsync for the whole batch, not one per account.
         let now = now();
-        let writes = batch.into_iter().flat_map(|(account, ids)| {
-            ids.chunks(validate::MAX_IDS)
-                .map(|chunk| Command::MarkDelivered {
-                    account,
-                    ids: chunk.to_vec(),
-                    now,
-                })
-                .collect::<Vec<_>>()
+        let commands: Vec<(AccountId, Vec<MessageId>)> = batch
+            .into_iter()
+            .flat_map(|(account, ids)| {
+                ids.chunks(validate::MAX_IDS)
+                    .map(|chunk| (account, chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let writes = commands.iter().map(|(account, ids)| {
+            service.node.write(Command::MarkDelivered {
+                account: *account,
+                ids: ids.clone(),
+                now,
+            })
         });
-        let results = futures::future::join_all(writes.map(|command| service.node.write(command)));
-        for result in results.await {
-            if let Err(err) = result {
-                tracing::warn!(%err, "could not record deliveries");
+        let mut refused = false;
+        for ((account, ids), result) in commands.iter().zip(futures::future::join_all(writes).await)
+        {
+            match result {
+                Ok(_) => {}
+                Err(err) if is_transient(&err) => {
+                    tracing::debug!(%err, "delivery marks refused for now; retrying");
+                    pending.put_back(*account, ids);
+                    refused = true;
+                }
+                Err(err) => {
+                    tracing::error!(%err, count = ids.len(), "could not record deliveries");
+                }
             }
         }
+        drop(service);
+        if refused {
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(DELIVERY_RETRY_MAX);
+        } else {
+            retry = DELIVERY_RETRY_FIRST;
+        }
     }
+}
+
+/// Whether a write refused with `err` may apply if tried again later: no leader now, or
+/// a full disk.
+fn is_transient(err: &NodeError) -> bool {
+    matches!(
+        err,
+        NodeError::NotLeader { .. }
+            | NodeError::Unavailable(_)
+            | NodeError::Store(corvid_store::StoreError::StorageFull { .. })
+    )
 }
 
 /// The one mapping of node faults to client errors.
 fn fault(err: NodeError) -> ApiError {
     match err {
-        NodeError::NotLeader { .. } => ErrorCode::NotLeader.into(),
+        // The client's next attempt goes to the leader, over whichever protocol it speaks.
+        NodeError::NotLeader { leader } => {
+            ApiError::not_leader(leader.map(|(_, member)| LeaderAddrs {
+                wire: member.client.wire,
+                grpc: member.client.grpc,
+            }))
+        }
         NodeError::Store(corvid_store::StoreError::StorageFull { .. }) => {
             ErrorCode::StorageFull.into()
         }
@@ -630,4 +825,35 @@ pub fn now() -> Timestamp {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corvid_store::{ClientAddrs, Member};
+
+    #[test]
+    fn not_leader_names_the_leaders_client_addresses() {
+        let leader = Member {
+            raft_addr: "10.0.0.2:7000".into(),
+            client: ClientAddrs {
+                wire: Some("10.0.0.2:7070".into()),
+                grpc: Some("10.0.0.2:7071".into()),
+                http: None,
+            },
+        };
+        let error = fault(NodeError::NotLeader {
+            leader: Some((2, leader)),
+        });
+        assert_eq!(error.code, ErrorCode::NotLeader);
+        assert_eq!(
+            error.leader,
+            Some(LeaderAddrs {
+                wire: Some("10.0.0.2:7070".into()),
+                grpc: Some("10.0.0.2:7071".into()),
+            })
+        );
+        let unknown = fault(NodeError::NotLeader { leader: None });
+        assert_eq!((unknown.code, unknown.leader), (ErrorCode::NotLeader, None));
+    }
 }

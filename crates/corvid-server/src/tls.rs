@@ -12,6 +12,8 @@ use crate::config::Tls;
 
 /// The ALPN protocol of gRPC; HTTP/2 clients insist on it.
 pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN protocol of the HTTP listener, which speaks HTTP/1.1 (WebSocket needs it).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The acceptor for a listener, or `None` when TLS is off. `alpn` lists the application
 /// protocols the listener speaks (gRPC's is [`ALPN_H2`]; the binary protocol needs none).

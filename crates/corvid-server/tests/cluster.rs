@@ -60,6 +60,7 @@ impl Servers {
             max_append_bytes: 1 << 20,
             members,
             serve_as: None,
+            join: false,
         };
         Servers {
             root,

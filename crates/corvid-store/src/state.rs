@@ -13,6 +13,9 @@
 //! same result). A read that must see a pushed message is linearizable, and waits until
 //! openraft knows the batch is applied, which is after the commit. This takes the commit
 //! and a thread hand-off off the push path.
+//!
+//! Installing a snapshot applies no entries, so it emits no effects for them; it emits
+//! [`Effect::StateReplaced`] instead, after the new state is committed.
 
 use std::fs::File;
 use std::io::SeekFrom;
@@ -197,21 +200,27 @@ fn build_snapshot(shared: &Shared, snapshots: &SnapshotDir) -> Result<SnapshotRe
 }
 
 /// Stores a received snapshot as a file of ours, then replaces the state with its rows in
-/// one fsync'd transaction.
+/// one fsync'd transaction, and tells `sink` that the state was replaced: the entries the
+/// snapshot covers are never applied here, so their effects were never emitted.
 fn install_snapshot(
     shared: &Shared,
     snapshots: &SnapshotDir,
     meta: SnapshotMeta,
     mut received: File,
+    sink: &EffectSink,
 ) -> Result<(), StoreError> {
     let file = snapshots.write_file(snapshots.next_seq(), |out| {
         std::io::copy(&mut received, out)?;
         Ok(())
     })?;
     let result = load_snapshot(shared, snapshots, meta, &file);
-    if result.is_err() {
+    match &result {
+        // Only now, with the new state committed, can a subscription reread it.
+        Ok(()) => sink(&[Effect::StateReplaced]),
         // Not current, so nothing refers to it.
-        let _ = std::fs::remove_file(snapshots.path().join(&file));
+        Err(_) => {
+            let _ = std::fs::remove_file(snapshots.path().join(&file));
+        }
     }
     result
 }
@@ -370,10 +379,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StoreError::Io(e).read_snapshot())?;
         let received = received.into_std().await;
         let (shared, snapshots, meta) = (self.shared.clone(), self.snapshots.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || install_snapshot(&shared, &snapshots, meta, received))
-            .await
-            .map_err(|e| join_error(e).write_snapshot())?
-            .map_err(StoreError::write_snapshot)
+        let sink = self.effects.clone();
+        tokio::task::spawn_blocking(move || {
+            install_snapshot(&shared, &snapshots, meta, received, &sink)
+        })
+        .await
+        .map_err(|e| join_error(e).write_snapshot())?
+        .map_err(StoreError::write_snapshot)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

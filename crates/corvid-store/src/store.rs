@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub applied_commands: AtomicU64,
     pub state_syncs: AtomicU64,
     pub log_bytes: AtomicU64,
+    pub writes_refused: AtomicU64,
 }
 
 /// A copy of the store's counters.
@@ -64,6 +65,8 @@ pub struct StoreMetrics {
     /// Bytes of the log's chunk files, as of its last write. Purged entries leave only with
     /// their whole chunk.
     pub log_bytes: u64,
+    /// Writes refused because the disk is too full (see [`crate::disk`]).
+    pub writes_refused: u64,
 }
 
 /// What the log and the state machine share: the state database and the counters.
@@ -179,7 +182,12 @@ impl StoreReader {
     /// that has shut down.
     pub fn check_free_space(&self) -> Result<(), StoreError> {
         match self.shared.upgrade() {
-            Some(shared) => shared.disk.check(),
+            Some(shared) => shared.disk.check().inspect_err(|_| {
+                shared
+                    .counters
+                    .writes_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }),
             None => Ok(()),
         }
     }
@@ -238,6 +246,7 @@ impl StoreReader {
             applied_commands: c.applied_commands.load(Ordering::Relaxed),
             state_syncs: c.state_syncs.load(Ordering::Relaxed),
             log_bytes: c.log_bytes.load(Ordering::Relaxed),
+            writes_refused: c.writes_refused.load(Ordering::Relaxed),
         }
     }
 }

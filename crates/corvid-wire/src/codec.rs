@@ -30,7 +30,8 @@ impl WireCodec {
         }
     }
 
-    /// The same codec for a connection that agreed on protocol `version` in its hello.
+    /// The same codec for a connection that agreed on protocol `version` in its hello: it
+    /// decodes and encodes frames as that version has them.
     pub fn with_version(self, version: u16) -> WireCodec {
         WireCodec { version, ..self }
     }
@@ -67,7 +68,7 @@ impl Encoder<&Frame> for WireCodec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        frame::encode(frame, dst).map_err(Into::into)
+        frame::encode_version(frame, dst, self.version).map_err(Into::into)
     }
 }
 
@@ -75,6 +76,6 @@ impl Encoder<Frame> for WireCodec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        frame::encode(&frame, dst).map_err(Into::into)
+        frame::encode_version(&frame, dst, self.version).map_err(Into::into)
     }
 }

@@ -73,15 +73,26 @@ impl Frame {
 /// Fails only for a value that its length prefix cannot carry (a `str` over 65,535 bytes, a
 /// list of more than 65,535 items, a frame over 4 GiB); `dst` is then left unchanged.
 pub fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    encode_version(frame, dst, VERSION)
+}
+
+/// [`encode`] for a connection that speaks protocol `version`: what a later version added
+/// to a frame (the leader's address of a `not_leader` error) is left out.
+pub fn encode_version(frame: &Frame, dst: &mut BytesMut, version: u16) -> Result<(), EncodeError> {
     let start = dst.len();
-    let result = write_frame(frame, dst, start);
+    let result = write_frame(frame, dst, start, version);
     if result.is_err() {
         dst.truncate(start);
     }
     result
 }
 
-fn write_frame(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), EncodeError> {
+fn write_frame(
+    frame: &Frame,
+    dst: &mut BytesMut,
+    start: usize,
+    version: u16,
+) -> Result<(), EncodeError> {
     // The length is patched in once the body is written and its size known.
     dst.put_u32(0);
     let mut w = Writer::new(dst);
@@ -90,7 +101,7 @@ fn write_frame(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), En
     match frame {
         Frame::Request { request, .. } => request::write(&mut w, request)?,
         Frame::Response { response, .. } => response::write(&mut w, response)?,
-        Frame::Error { error, .. } => response::write_error(&mut w, error)?,
+        Frame::Error { error, .. } => response::write_error(&mut w, error, version)?,
         Frame::Event(event) => event::write(&mut w, event)?,
     }
     let len = dst.len() - start - LENGTH_PREFIX;
@@ -121,7 +132,7 @@ pub fn decode(src: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, Decod
 }
 
 /// [`decode`] for a connection that speaks protocol `version`: a request that uses what
-/// a later version added is malformed.
+/// a later version added is malformed, and an error frame is read as that version wrote it.
 pub fn decode_version(
     src: &mut BytesMut,
     max_len: usize,
@@ -193,7 +204,7 @@ fn read_frame(code: u8, request_id: u32, body: &[u8], version: u16) -> ReadResul
         }
         opcode::ERROR => Frame::Error {
             id: request_id,
-            error: response::read_error(&mut r)?,
+            error: response::read_error(&mut r, version)?,
         },
         unknown => return Err(FieldError::UnknownOpcode(unknown)),
     };

@@ -8,8 +8,9 @@
 /// The first four bytes of both hellos: ASCII `CRVD`.
 pub const MAGIC: [u8; 4] = *b"CRVD";
 /// The newest protocol version this crate speaks. Version 2 adds the `oldest unread`
-/// start of `Subscribe`; everything else is as in version 1.
-pub const VERSION: u16 = 2;
+/// start of `Subscribe`; version 3 the leader's address after a `not_leader` error;
+/// everything else is as in version 1.
+pub const VERSION: u16 = 3;
 /// The oldest protocol version this crate still speaks.
 pub const MIN_VERSION: u16 = 1;
 /// The size of either hello.

@@ -1,4 +1,4 @@
-//! Corvid's binary protocol, versions 1 and 2: bytes to and from the core API types.
+//! Corvid's binary protocol, versions 1 to 3: bytes to and from the core API types.
 //!
 //! This crate has no sockets. A transport reads the 8-byte handshake ([`ClientHello`],
 //! [`ServerHello`]) and then a stream of [`Frame`]s, either with [`decode`] and [`encode`]
@@ -20,9 +20,11 @@ mod response;
 pub use codec::WireCodec;
 pub use error::{CodecError, DecodeError, EncodeError, Malformed};
 pub use frame::{
-    decode, decode_version, encode, Frame, DEFAULT_MAX_FRAME, LENGTH_PREFIX, MIN_FRAME_LEN,
+    decode, decode_version, encode, encode_version, Frame, DEFAULT_MAX_FRAME, LENGTH_PREFIX,
+    MIN_FRAME_LEN,
 };
 pub use hello::{
     ClientHello, HelloError, HelloStatus, ServerHello, HELLO_LEN, MAGIC, MIN_VERSION, VERSION,
 };
 pub use request::OLDEST_UNREAD_VERSION;
+pub use response::LEADER_ADDRESS_VERSION;

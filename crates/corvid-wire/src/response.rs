@@ -2,7 +2,7 @@
 //! [`corvid_core::Response`] and [`corvid_core::ApiError`].
 
 use corvid_core::{
-    AccountRow, AccountsPage, ApiError, ErrorCode, HistoryPage, MessageId, Response,
+    AccountRow, AccountsPage, ApiError, ErrorCode, HistoryPage, LeaderAddrs, MessageId, Response,
 };
 
 use crate::opcode;
@@ -117,20 +117,42 @@ pub(crate) fn read(opcode: u8, r: &mut Reader<'_>) -> ReadResult<Response> {
     Ok(response)
 }
 
-pub(crate) fn write_error(w: &mut Writer<'_>, error: &ApiError) -> WriteResult {
+/// The protocol version whose `not_leader` error frame ends with the leader's address.
+pub const LEADER_ADDRESS_VERSION: u16 = 3;
+
+/// Writes an error body for a connection of protocol `version`: from version 3, a
+/// `not_leader` error ends with `leader: str`, the leader's binary-protocol address, empty
+/// when unknown.
+pub(crate) fn write_error(w: &mut Writer<'_>, error: &ApiError, version: u16) -> WriteResult {
     w.u16(error.code.as_u16());
     w.u64(error.detail);
-    w.str("message", &error.message)
+    w.str("message", &error.message)?;
+    if error.code == ErrorCode::NotLeader && version >= LEADER_ADDRESS_VERSION {
+        let leader = error.leader.as_ref().and_then(|l| l.wire.as_deref());
+        w.str("leader", leader.unwrap_or(""))?;
+    }
+    Ok(())
 }
 
-/// Reads an error body. A code number this version does not know becomes
-/// [`ErrorCode::Internal`] with its message kept, so that a newer server's codes still
-/// reach the user as a sentence instead of breaking the connection.
-pub(crate) fn read_error(r: &mut Reader<'_>) -> ReadResult<ApiError> {
+/// Reads an error body of protocol `version`. A code number this version does not know
+/// becomes [`ErrorCode::Internal`] with its message kept, so that a newer server's codes
+/// still reach the user as a sentence instead of breaking the connection.
+pub(crate) fn read_error(r: &mut Reader<'_>, version: u16) -> ReadResult<ApiError> {
     let code = r.u16("code")?;
-    Ok(ApiError {
+    let mut error = ApiError {
         code: ErrorCode::from_u16(code).unwrap_or(ErrorCode::Internal),
         detail: r.u64("detail")?,
         message: r.str("message")?,
-    })
+        leader: None,
+    };
+    if error.code == ErrorCode::NotLeader && version >= LEADER_ADDRESS_VERSION {
+        let leader = r.str("leader")?;
+        error.leader = Some(leader)
+            .filter(|l| !l.is_empty())
+            .map(|wire| LeaderAddrs {
+                wire: Some(wire),
+                grpc: None,
+            });
+    }
+    Ok(error)
 }

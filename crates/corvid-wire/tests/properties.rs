@@ -178,13 +178,25 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 fn api_error() -> impl Strategy<Value = ApiError> {
-    (select(ErrorCode::ALL.to_vec()), any::<u64>(), string()).prop_map(|(code, detail, message)| {
-        ApiError {
+    let leader = proptest::option::of("[a-z0-9.:]{1,40}");
+    (
+        select(ErrorCode::ALL.to_vec()),
+        any::<u64>(),
+        string(),
+        leader,
+    )
+        .prop_map(|(code, detail, message, leader)| ApiError {
             code,
             detail,
             message,
-        }
-    })
+            // Only `not_leader` carries a leader, and only its binary-protocol address.
+            leader: leader.filter(|_| code == ErrorCode::NotLeader).map(|wire| {
+                corvid_core::LeaderAddrs {
+                    wire: Some(wire),
+                    grpc: None,
+                }
+            }),
+        })
 }
 
 fn frame() -> impl Strategy<Value = Frame> {

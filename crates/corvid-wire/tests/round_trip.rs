@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 
 use bytes::BytesMut;
 use corvid_core::{
-    ApiError, ErrorCode, Event, Message, MessageId, ReceiptStatus, Request, Response,
+    ApiError, ErrorCode, Event, LeaderAddrs, Message, MessageId, ReceiptStatus, Request, Response,
     SubscribeFrom, Token,
 };
 use corvid_wire::fuzzing::{sample_message, sample_token, samples};
 use corvid_wire::{
-    decode, decode_version, encode, opcode, ClientHello, DecodeError, Frame, HelloError,
-    HelloStatus, ServerHello, DEFAULT_MAX_FRAME, MAGIC, VERSION,
+    decode, decode_version, encode, encode_version, opcode, ClientHello, DecodeError, Frame,
+    HelloError, HelloStatus, ServerHello, DEFAULT_MAX_FRAME, MAGIC, VERSION,
 };
 
 fn encoded(frame: &Frame) -> BytesMut {
@@ -112,6 +112,7 @@ fn every_error_code_round_trips_with_its_detail_and_message() {
                 code,
                 detail: u64::MAX - i as u64,
                 message: code.describe().to_string(),
+                leader: None,
             },
         };
         let mut buf = encoded(&frame);
@@ -138,6 +139,7 @@ fn an_unknown_error_code_decodes_as_internal_and_keeps_its_message() {
                 code: ErrorCode::Internal,
                 detail: 7,
                 message: "from the future".into(),
+                leader: None,
             },
         }))
     );
@@ -186,7 +188,7 @@ fn every_receipt_status_and_end_reason_round_trips() {
 #[test]
 fn hellos_round_trip_and_refuse_a_foreign_peer() {
     let client = ClientHello::CURRENT;
-    assert_eq!(client.encode(), *b"CRVD\x00\x02\x00\x00");
+    assert_eq!(client.encode(), *b"CRVD\x00\x03\x00\x00");
     assert_eq!(ClientHello::decode(client.encode()), Ok(client));
     let future = ClientHello {
         version: 9,
@@ -202,12 +204,12 @@ fn hellos_round_trip_and_refuse_a_foreign_peer() {
             status: HelloStatus::Ok
         }
     );
-    assert_eq!(ok.encode(), *b"CRVD\x00\x02\x00\x00");
+    assert_eq!(ok.encode(), *b"CRVD\x00\x03\x00\x00");
     assert_eq!(ServerHello::decode(ok.encode()), Ok(ok));
 
     let refused = ServerHello::answer(&future);
     assert_eq!(refused.status, HelloStatus::UnsupportedVersion);
-    assert_eq!(refused.encode(), *b"CRVD\x00\x02\x00\x01");
+    assert_eq!(refused.encode(), *b"CRVD\x00\x03\x00\x01");
     assert_eq!(ServerHello::decode(refused.encode()), Ok(refused));
 
     assert_eq!(
@@ -269,6 +271,73 @@ fn version_1_subscribe_bytes_keep_their_meaning_and_oldest_unread_needs_version_
         decode_version(&mut v2, DEFAULT_MAX_FRAME, 2),
         Ok(Some(subscribe(SubscribeFrom::OldestUnread)))
     );
+}
+
+fn not_leader(wire: Option<&str>) -> Frame {
+    Frame::Error {
+        id: 9,
+        error: ApiError::not_leader(wire.map(|wire| LeaderAddrs {
+            wire: Some(wire.into()),
+            grpc: None,
+        })),
+    }
+}
+
+fn encoded_in(frame: &Frame, version: u16) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode_version(frame, &mut buf, version).unwrap();
+    buf
+}
+
+#[test]
+fn not_leader_names_the_leader_from_version_3_and_older_versions_keep_their_bytes() {
+    // Versions 1 and 2: the error frame as it always was, whatever the server knows.
+    let older = unhex(
+        "00 00 00 2e ff 00 00 00 09 00 28 00 00 00 00 00 00 00 00 \
+         00 1d 74 68 69 73 20 73 65 72 76 65 72 20 69 73 20 6e 6f 74 20 74 68 65 20 6c 65 61 64 65 72",
+    );
+    for version in [1, 2] {
+        let mut buf = encoded_in(&not_leader(Some("10.0.0.2:7070")), version);
+        assert_eq!(hex(&buf), hex(&older), "version {version}");
+        assert_eq!(
+            decode_version(&mut buf, DEFAULT_MAX_FRAME, version),
+            Ok(Some(not_leader(None)))
+        );
+    }
+    // Version 3: followed by the leader's address, empty when unknown.
+    let mut named = encoded_in(&not_leader(Some("10.0.0.2:7070")), 3);
+    assert_eq!(
+        hex(&named[older.len()..]),
+        "00 0d 31 30 2e 30 2e 30 2e 32 3a 37 30 37 30"
+    );
+    let mut unknown = encoded_in(&not_leader(None), 3);
+    assert_eq!(hex(&unknown[older.len()..]), "00 00");
+    let mut in_v2 = named.clone();
+    assert_eq!(
+        decode_version(&mut named, DEFAULT_MAX_FRAME, 3),
+        Ok(Some(not_leader(Some("10.0.0.2:7070"))))
+    );
+    assert_eq!(
+        decode_version(&mut unknown, DEFAULT_MAX_FRAME, 3),
+        Ok(Some(not_leader(None)))
+    );
+    // Each version reads only its own bytes: the address is trailing bytes in version 2,
+    // and a version-2 frame is cut short in version 3.
+    assert!(matches!(
+        decode_version(&mut in_v2, DEFAULT_MAX_FRAME, 2),
+        Err(DecodeError::Malformed(_))
+    ));
+    let mut short = BytesMut::from(&older[..]);
+    assert!(matches!(
+        decode_version(&mut short, DEFAULT_MAX_FRAME, 3),
+        Err(DecodeError::Malformed(_))
+    ));
+    // Other errors are the same in every version.
+    let other = Frame::Error {
+        id: 9,
+        error: ApiError::from(ErrorCode::Unavailable),
+    };
+    assert_eq!(encoded_in(&other, 2), encoded_in(&other, 3));
 }
 
 /// The frames of the worked examples in docs/protocol.md, with their exact bytes.
@@ -414,6 +483,15 @@ fn golden() -> Vec<(&'static str, Frame, &'static str)> {
              00 14 \
              00 00 00 00 00 00 00 00 \
              00 11 6e 6f 20 73 75 63 68 20 72 65 63 69 70 69 65 6e 74",
+        ),
+        (
+            "not_leader",
+            not_leader(Some("10.0.0.2:7070")),
+            "00 00 00 3d ff 00 00 00 09 \
+             00 28 \
+             00 00 00 00 00 00 00 00 \
+             00 1d 74 68 69 73 20 73 65 72 76 65 72 20 69 73 20 6e 6f 74 20 74 68 65 20 6c 65 61 64 65 72 \
+             00 0d 31 30 2e 30 2e 30 2e 32 3a 37 30 37 30",
         ),
         (
             "event_receipt",

@@ -84,6 +84,8 @@ impl From<TransportArg> for Transport {
 pub enum Command {
     /// Run a Corvid server
     Serve(corvid_server::ServeArgs),
+    /// A cluster's status, and adding or removing servers
+    Cluster(crate::cluster::ClusterArgs),
     /// Verify a stopped server's data directory: exit 0 if sound, 1 if problems were found
     /// (one line each), 2 if it could not be checked (e.g. a running server holds it)
     Check {

@@ -136,9 +136,9 @@ pub async fn run(global: GlobalArgs, command: Command) -> Result<(), CliError> {
         session_path,
     };
     match command {
-        Command::Serve(_) | Command::Check { .. } => {
-            Err(CliError::usage("serve and check are not client commands"))
-        }
+        Command::Serve(_) | Command::Check { .. } | Command::Cluster(_) => Err(CliError::usage(
+            "serve, check and cluster are not client commands",
+        )),
         Command::Register { name, display_name } => {
             register(&ctx, &name, display_name.as_deref()).await
         }
@@ -196,6 +196,7 @@ async fn with_session(
         Command::Listen => listen(ctx, client, session, token).await,
         Command::Serve(_)
         | Command::Check { .. }
+        | Command::Cluster(_)
         | Command::Register { .. }
         | Command::Login { .. } => Err(CliError::usage("this command does not use a session")),
     }

@@ -2,6 +2,7 @@
 
 mod check;
 mod cli;
+mod cluster;
 mod commands;
 mod error;
 mod output;
@@ -51,6 +52,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .block_on(corvid_server::run(config))
                 .map_err(CliError::Server)
         }
+        Command::Cluster(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(runtime_error)?
+            .block_on(cluster::run(args)),
         // A client command does a few calls and is done.
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -57,6 +57,8 @@ impl FakeServer {
                 {
                     continue;
                 }
+                // Frames are written as the agreed version has them.
+                let version = answer.version;
                 let (mut reader, mut writer) = socket.into_split();
                 let (request_sender, requests) = mpsc::unbounded_channel();
                 let (frames, mut frame_queue) = mpsc::unbounded_channel::<Frame>();
@@ -77,7 +79,7 @@ impl FakeServer {
                 let write_task = tokio::spawn(async move {
                     while let Some(frame) = frame_queue.recv().await {
                         let mut bytes = BytesMut::new();
-                        corvid_wire::encode(&frame, &mut bytes).expect("encode");
+                        corvid_wire::encode_version(&frame, &mut bytes, version).expect("encode");
                         if writer.write_all(&bytes).await.is_err() {
                             return;
                         }

@@ -32,6 +32,8 @@ use proto::Body;
 
 const CLUSTER_ID_KEY: &str = "corvid-cluster-id";
 const SECRET_KEY: &str = "corvid-cluster-secret-bin";
+/// Calls one connection to the server-to-server listener may have served at once.
+const PEER_CALLS_PER_CONNECTION: usize = 256;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The first pause after a failed call to a peer; it doubles with each further failure.
@@ -287,6 +289,9 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        // A peer's calls are few at a time (a replication stream, elections, forwards);
+        // this bounds what one connection, authenticated or not, can have served at once.
+        .concurrency_limit_per_connection(PEER_CALLS_PER_CONNECTION)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

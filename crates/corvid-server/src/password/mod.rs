@@ -174,6 +174,7 @@ fn too_many_attempts(wait: Duration) -> ApiError {
         code: ErrorCode::TooManyAttempts,
         detail: seconds,
         message: format!("too many failed logins; wait {seconds} s before trying again"),
+        leader: None,
     }
 }
 

@@ -81,6 +81,22 @@ impl Server {
     }
 
     pub fn start_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(data, "127.0.0.1:0", "127.0.0.1:0", args, env)
+    }
+
+    /// A server started again on the addresses `earlier` had, as after a crash.
+    pub fn start_again(data: &Path, earlier: &Server) -> Server {
+        let (wire, grpc) = (earlier.addr.to_string(), earlier.grpc.to_string());
+        Server::launch(data, &wire, &grpc, &[], &[])
+    }
+
+    fn launch(
+        data: &Path,
+        listen: &str,
+        grpc_listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = data.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -91,8 +107,10 @@ impl Server {
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--grpc-listen",
+                grpc_listen,
+                "--http-listen",
                 "127.0.0.1:0",
             ])
             .arg("--data")
