@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use corvid_bench::cluster::{ClusterOptions, StartedCluster};
 use corvid_bench::report::{self, Report};
 use corvid_bench::target::{ServerOptions, StartedServer, Target, Transport};
 use corvid_bench::workload::connections::{self, ConnectionsParams};
+use corvid_bench::workload::failover::{self, FailoverParams};
 use corvid_bench::workload::login_flood::{self, LoginFloodParams};
 use corvid_bench::workload::offline::{self, OfflineParams};
 use corvid_bench::workload::online::{self, OnlineParams};
@@ -28,6 +30,17 @@ struct Cli {
     /// The pid of the `--server`, to read its memory and CPU time from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// Start a cluster of this many servers (each a `corvid serve` process) instead of one
+    /// server; users connect to the servers in turn.
+    #[arg(long, global = true, default_value_t = 1)]
+    servers: usize,
+    /// The started cluster's `heartbeat_ms` [default: the server's].
+    #[arg(long, global = true)]
+    heartbeat_ms: Option<u64>,
+    /// The started cluster's election timeout, `MIN,MAX` milliseconds [default: the
+    /// server's].
+    #[arg(long, global = true, value_parser = parse_range)]
+    election_timeout_ms: Option<(u64, u64)>,
     /// The `corvid` binary to start [default: `corvid` next to this binary].
     #[arg(long, global = true)]
     corvid: Option<PathBuf>,
@@ -141,8 +154,22 @@ enum Workload {
         #[arg(long)]
         no_throttle: bool,
     },
+    /// On a cluster (`--servers 3` or more): SIGKILL the leader, time until each writer's
+    /// next write is acknowledged, restart the killed server, wait until it has caught up;
+    /// `trials` times. Not part of `all`.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Milliseconds the writers write before each kill.
+        #[arg(long, default_value_t = 200)]
+        settle_ms: u64,
+    },
     /// Every workload with its defaults, one after the other, each on a fresh server.
     All,
+    /// Runs a server exactly as `corvid serve` does. The bench's own tests start this
+    /// binary as their servers, having no `corvid` binary of their own to start.
+    #[command(hide = true)]
+    Serve(corvid_server::ServeArgs),
     /// Write-and-fsync loop in DIR: the disk's durable commits per second.
     Fsync {
         #[arg(long, default_value_t = 2000)]
@@ -163,6 +190,16 @@ enum Workload {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Workload::Serve(args) = &cli.command {
+        return serve(args);
+    }
+    // The client library's own logs (its retries and failovers), when RUST_LOG asks.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -181,6 +218,33 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `corvid serve`, on a runtime sized as the configuration says.
+fn serve(args: &corvid_server::ServeArgs) -> ExitCode {
+    let served = args.config().and_then(|config| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.runtime_threads())
+            .enable_all()
+            .build()?
+            .block_on(corvid_server::run(config))
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("corvid-bench serve: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `MIN,MAX`.
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (min, max) = text
+        .split_once(',')
+        .ok_or_else(|| format!("`{text}` is not MIN,MAX"))?;
+    let number = |n: &str| n.trim().parse::<u64>().map_err(|e| format!("`{n}`: {e}"));
+    Ok((number(min)?, number(max)?))
 }
 
 /// Runs the command; `Ok(false)` when a run found a problem.
@@ -254,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 struct Options {
     server: Option<String>,
     server_pid: Option<u32>,
+    cluster: ClusterOptions,
     corvid: Option<PathBuf>,
     admin_listen: String,
     transport: Transport,
@@ -266,6 +331,11 @@ fn cli_view(cli: &Cli) -> Options {
     Options {
         server: cli.server.clone(),
         server_pid: cli.server_pid,
+        cluster: ClusterOptions {
+            servers: cli.servers,
+            heartbeat_ms: cli.heartbeat_ms,
+            election_timeout_ms: cli.election_timeout_ms,
+        },
         corvid: cli.corvid.clone(),
         admin_listen: cli.admin_listen.clone(),
         transport: cli.transport,
@@ -291,20 +361,23 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
         } => login_flood::NO_THROTTLE_CONFIG.to_string(),
         _ => String::new(),
     };
+    let server_options = || {
+        Ok::<_, anyhow::Error>(ServerOptions {
+            binary: corvid_binary(options.corvid.as_deref())?,
+            max_connections,
+            admin_listen: options.admin_listen.clone(),
+            extra_config: extra_config.clone(),
+        })
+    };
     let mut target = match &options.server {
         Some(addr) => Target::Running {
             addr: addr.clone(),
             pid: options.server_pid,
         },
-        None => Target::Started(Box::new(
-            StartedServer::start(ServerOptions {
-                binary: corvid_binary(options.corvid.as_deref())?,
-                max_connections,
-                admin_listen: options.admin_listen.clone(),
-                extra_config,
-            })
-            .await?,
+        None if options.cluster.servers > 1 => Target::Cluster(Box::new(
+            StartedCluster::start(server_options()?, &options.cluster).await?,
         )),
+        None => Target::Started(Box::new(StartedServer::start(server_options()?).await?)),
     };
     let common = &options.common;
     let report = match workload {
@@ -401,7 +474,14 @@ async fn run_one(options: &Options, workload: Workload) -> anyhow::Result<Report
             };
             login_flood::run(&target, common, &params).await?
         }
-        Workload::All | Workload::Plot { .. } | Workload::Fsync { .. } => {
+        Workload::Failover { trials, settle_ms } => {
+            let params = FailoverParams {
+                trials,
+                settle: Duration::from_millis(settle_ms),
+            };
+            failover::run(&mut target, common, &params).await?
+        }
+        Workload::All | Workload::Plot { .. } | Workload::Fsync { .. } | Workload::Serve(_) => {
             unreachable!("handled by the caller")
         }
     };

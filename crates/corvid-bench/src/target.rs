@@ -13,6 +13,8 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub use crate::cluster::StartedCluster;
+
 /// The protocol the load uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
@@ -36,21 +38,48 @@ impl Transport {
     }
 }
 
-/// An address and the protocol spoken there.
+/// Where to reach the server (or the servers of a cluster, in the order a client tries
+/// them) and the protocol spoken there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addr: String,
+    pub servers: Vec<String>,
     pub transport: Transport,
 }
 
+impl Endpoint {
+    /// One server's endpoint.
+    pub fn one(addr: String, transport: Transport) -> Endpoint {
+        Endpoint {
+            servers: vec![addr],
+            transport,
+        }
+    }
+
+    /// The same servers, tried from the `index`-th (modulo their number) onwards: clients
+    /// numbered 0, 1, 2, ... connect to the servers in turn, and each can fail over to all.
+    pub fn starting_at(&self, index: usize) -> Endpoint {
+        let mut servers = self.servers.clone();
+        if !servers.is_empty() {
+            let len = servers.len();
+            servers.rotate_left(index % len);
+        }
+        Endpoint {
+            servers,
+            transport: self.transport,
+        }
+    }
+}
+
 /// How long a started server may take to print its listening line.
-const START_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A server under load.
 pub enum Target {
     Started(Box<StartedServer>),
-    /// A server someone else runs, at `addr` for the run's transport. With its pid, its
-    /// memory and CPU can still be read.
+    /// A cluster of `corvid serve` processes this bench started.
+    Cluster(Box<StartedCluster>),
+    /// A server (or, with several comma-separated addresses, a cluster) someone else runs,
+    /// at `addr` for the run's transport. With its pid, its memory and CPU can still be read.
     Running {
         addr: String,
         pid: Option<u32>,
@@ -58,45 +87,60 @@ pub enum Target {
 }
 
 impl Target {
-    /// Where to reach the server over `transport`.
+    /// Where to reach the server, or every server of a cluster, over `transport`.
     pub fn endpoint(&self, transport: Transport) -> Endpoint {
         match self {
             Target::Started(server) => server.endpoint(transport),
+            Target::Cluster(cluster) => cluster.endpoint(transport),
             Target::Running { addr, .. } => Endpoint {
-                addr: addr.clone(),
+                servers: addr.split(',').map(|a| a.trim().to_string()).collect(),
                 transport,
             },
         }
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    /// The server processes whose memory and CPU can be read: one per server.
+    pub fn pids(&self) -> Vec<u32> {
         match self {
-            Target::Started(server) => server.child.id(),
-            Target::Running { pid, .. } => *pid,
+            Target::Started(server) => server.pid().into_iter().collect(),
+            Target::Cluster(cluster) => cluster.pids(),
+            Target::Running { pid, .. } => pid.iter().copied().collect(),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             Target::Started(_) => "started",
+            Target::Cluster(_) => "cluster",
             Target::Running { .. } => "running",
         }
     }
 
-    /// The server's resident memory, if its pid is known.
+    /// The servers' resident memory, added up, if their pids are known.
     pub fn rss_bytes(&self) -> Option<u64> {
-        self.pid().and_then(|pid| rss_bytes(pid).ok())
+        let each: Vec<u64> = self
+            .pids()
+            .into_iter()
+            .filter_map(|pid| rss_bytes(pid).ok())
+            .collect();
+        (!each.is_empty()).then(|| each.iter().sum())
     }
 
-    /// CPU seconds (user + system) the server has used, if its pid is known.
+    /// CPU seconds (user + system) the servers have used, added up, if their pids are known.
     pub fn cpu_secs(&self) -> Option<f64> {
-        self.pid().and_then(|pid| cpu_secs(pid).ok())
+        let each: Vec<f64> = self
+            .pids()
+            .into_iter()
+            .filter_map(|pid| cpu_secs(pid).ok())
+            .collect();
+        (!each.is_empty()).then(|| each.iter().sum())
     }
 
-    /// Stops a started server; a running one is left alone.
+    /// Stops a started server or cluster; a running one is left alone.
     pub async fn stop(self) -> anyhow::Result<()> {
         match self {
             Target::Started(mut server) => server.stop(false).await.map(|_| ()),
+            Target::Cluster(cluster) => cluster.stop().await,
             Target::Running { .. } => Ok(()),
         }
     }
@@ -149,7 +193,7 @@ impl StartedServer {
             Transport::Wire => self.addr.clone(),
             Transport::Grpc => self.grpc_addr.clone(),
         };
-        Endpoint { addr, transport }
+        Endpoint::one(addr, transport)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -163,29 +207,8 @@ impl StartedServer {
     /// Stops the server: SIGTERM (a clean shutdown) or, with `crash`, SIGKILL. Returns how
     /// long it took to exit.
     pub async fn stop(&mut self, crash: bool) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        let Some(pid) = self.child.id() else {
-            return Ok(Duration::ZERO);
-        };
-        let signal = if crash { libc::SIGKILL } else { libc::SIGTERM };
-        let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
-        // SAFETY: `kill` has no memory effects; `pid` is our own child, not yet reaped.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!(
-                "cannot signal the server: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .context("the server did not exit within 60 s")??;
-        if !crash && !status.success() {
-            bail!(
-                "the server exited with {status}; see {}",
-                self.log_path().display()
-            );
-        }
-        Ok(start.elapsed())
+        let log = self.log_path();
+        stop_child(&mut self.child, crash, &log).await
     }
 
     /// Starts the server again on the same data and port. Returns when it printed its
@@ -214,11 +237,29 @@ async fn launch(
     listen: &str,
     grpc_listen: &str,
 ) -> anyhow::Result<(Child, String, String)> {
-    let data = dir.join("data");
     let config_path = dir.join("corvid.toml");
+    let config = load_config(options, &dir.join("data"), listen, grpc_listen);
+    std::fs::write(&config_path, config).context("cannot write the server config")?;
+    serve(
+        &options.binary,
+        &config_path,
+        &[],
+        &dir.join("server.log"),
+        START_DEADLINE,
+    )
+    .await
+}
+
+/// The configuration of a server under load, before any `[cluster]` section.
+pub(crate) fn load_config(
+    options: &ServerOptions,
+    data: &Path,
+    listen: &str,
+    grpc_listen: &str,
+) -> String {
     // Load comes from few connections at high rates: lift the per-connection limits. The
     // `connections` workload shares a few accounts between many subscribed connections.
-    let config = format!(
+    format!(
         "data_dir = {data:?}\nlisten = {listen:?}\ngrpc_listen = {grpc_listen:?}\nhttp_listen = \"off\"\nadmin_listen = {:?}\n\n\
          [limits]\nmax_connections = {}\n\
          requests_per_second = 1000000000\nrequest_burst = 1000000000\nmax_in_flight = 1024\n\
@@ -226,17 +267,29 @@ async fn launch(
          grpc_max_streams = 1024\n\n\
          [log]\nlevel = \"warn\"\n{}",
         options.admin_listen, options.max_connections, options.extra_config
-    );
-    std::fs::write(&config_path, config).context("cannot write the server config")?;
+    )
+}
+
+/// Starts `binary serve --config config_path args...` with its log (stderr) appended to
+/// `log_path`; returns once it printed its ready line (within `deadline`), with its
+/// binary-protocol and gRPC addresses.
+pub(crate) async fn serve(
+    binary: &Path,
+    config_path: &Path,
+    args: &[String],
+    log_path: &Path,
+    deadline: Duration,
+) -> anyhow::Result<(Child, String, String)> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("server.log"))
+        .open(log_path)
         .context("cannot open the server log")?;
-    let mut child = Command::new(&options.binary)
+    let mut child = Command::new(binary)
         .arg("serve")
         .arg("--config")
-        .arg(&config_path)
+        .arg(config_path)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -245,19 +298,24 @@ async fn launch(
         .with_context(|| {
             format!(
                 "cannot start {} (build it with `cargo build --release -p corvid`, or pass --corvid)",
-                options.binary.display()
+                binary.display()
             )
         })?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(START_DEADLINE, lines.next_line())
+    let line = tokio::time::timeout(deadline, lines.next_line())
         .await
-        .context("the server did not start in time")?
+        .with_context(|| {
+            format!(
+                "the server did not start in time; see {}",
+                log_path.display()
+            )
+        })?
         .context("reading the server's output")?;
     let Some(line) = line else {
         bail!(
             "the server exited before listening; see {}",
-            dir.join("server.log").display()
+            log_path.display()
         );
     };
     let (addr, grpc_addr) = parse_ready_line(&line)
@@ -265,6 +323,38 @@ async fn launch(
     // Keep reading so that the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, addr, grpc_addr))
+}
+
+/// Stops a server process: SIGTERM (a clean shutdown, which must succeed) or, with
+/// `crash`, SIGKILL. Returns how long it took to exit.
+pub(crate) async fn stop_child(
+    child: &mut Child,
+    crash: bool,
+    log_path: &Path,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let Some(pid) = child.id() else {
+        return Ok(Duration::ZERO);
+    };
+    let signal = if crash { libc::SIGKILL } else { libc::SIGTERM };
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    // SAFETY: `kill` has no memory effects; `pid` is our own child, not yet reaped.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        bail!(
+            "cannot signal the server: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .context("the server did not exit within 60 s")??;
+    if !crash && !status.success() {
+        bail!(
+            "the server exited with {status}; see {}",
+            log_path.display()
+        );
+    }
+    Ok(start.elapsed())
 }
 
 /// The addresses in `corvid serving on 127.0.0.1:7070 (grpc 127.0.0.1:7071, data in ...)`.

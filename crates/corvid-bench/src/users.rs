@@ -34,7 +34,7 @@ pub fn run_prefix() -> String {
 /// The client configuration for load: generous timeouts, since a loaded server answers
 /// late rather than never.
 pub fn client_config(endpoint: &Endpoint) -> ClientConfig {
-    let mut config = ClientConfig::new(std::slice::from_ref(&endpoint.addr));
+    let mut config = ClientConfig::new(&endpoint.servers);
     config.transport = endpoint.transport.client();
     config.request_timeout = Duration::from_secs(60);
     config.connect_timeout = Duration::from_secs(10);
@@ -45,15 +45,16 @@ pub fn client_config(endpoint: &Endpoint) -> ClientConfig {
 pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<Client> {
     Client::connect_with(client_config(endpoint))
         .await
-        .with_context(|| format!("cannot connect to {}", endpoint.addr))
+        .with_context(|| format!("cannot connect to {}", endpoint.servers.join(",")))
 }
 
 /// Creates and logs in `names.len()` accounts, each on its own connection, in `names`'
-/// order.
+/// order. Against a cluster, user `i` connects to its `i`-th server (modulo their number),
+/// so the users are spread evenly, each able to fail over to every server.
 pub async fn create(addr: &Endpoint, names: Vec<String>) -> anyhow::Result<Vec<User>> {
     futures::stream::iter(names.into_iter().enumerate())
         .map(|(index, name)| async move {
-            let client = connect(addr).await?;
+            let client = connect(&addr.starting_at(index)).await?;
             client
                 .create_account(&name, "", PASSWORD)
                 .await

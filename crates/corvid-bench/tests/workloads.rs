@@ -1,9 +1,12 @@
-//! The workloads end to end against an in-process server, at toy sizes: they finish by
-//! themselves, count every message once, and report what they measured. Correctness only;
-//! the numbers mean nothing at this size and are not checked.
+//! The workloads end to end against an in-process server, or a cluster of server processes,
+//! at toy sizes: they finish by themselves, count every message once, and report what they
+//! measured. Correctness only; the numbers mean nothing at this size and are not checked.
 
 use std::time::Duration;
 
+use corvid_bench::cluster::{ClusterOptions, StartedCluster};
+use corvid_bench::target::ServerOptions;
+use corvid_bench::workload::failover::{self, FailoverParams};
 use corvid_bench::workload::login_flood::{self, LoginFloodParams};
 use corvid_bench::workload::offline::{self, OfflineParams};
 use corvid_bench::workload::online::{self, OnlineParams};
@@ -148,4 +151,83 @@ async fn login_flood_counts_every_answer_and_stops_by_itself() {
     assert!(report.get("ping").unwrap()["count"].as_u64().unwrap() > 0);
     assert!(report.get("server_rss_peak_mib").is_some());
     server.shutdown().await.unwrap();
+}
+
+/// Three servers, each a process of this package's binary (its hidden `serve` is `corvid
+/// serve`), as `--servers 3` starts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_cluster_serves_online_and_failover_kills_and_restarts_its_leaders() {
+    let options = ServerOptions {
+        binary: env!("CARGO_BIN_EXE_corvid-bench").into(),
+        max_connections: 1000,
+        admin_listen: "off".into(),
+        extra_config: String::new(),
+    };
+    let cluster = ClusterOptions {
+        servers: 3,
+        heartbeat_ms: Some(50),
+        election_timeout_ms: Some((300, 600)),
+    };
+    let cluster = StartedCluster::start(options, &cluster).await.unwrap();
+    let first_leader = cluster
+        .leader(tokio::time::Instant::now() + Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut target = Target::Cluster(Box::new(cluster));
+    assert_eq!(
+        target.endpoint(corvid_bench::Transport::Wire).servers.len(),
+        3
+    );
+
+    // Users on every server: each message crosses to its recipient's server.
+    let params = OnlineParams {
+        users: 3,
+        messages: 10,
+        window: 2,
+        alternate: false,
+    };
+    let report = online::run(&target, &common(), &params, "online")
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.get("delivered").unwrap(), 30);
+    assert_eq!(
+        report
+            .get("servers_rss_mib")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(report.get("term_changes").is_some(), "{}", report.table());
+
+    let params = FailoverParams {
+        trials: 2,
+        settle: Duration::from_millis(50),
+    };
+    let report = failover::run(&mut target, &common(), &params)
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.get("failover").unwrap()["count"], 2);
+    assert_eq!(report.get("lost").unwrap(), 0);
+    assert_eq!(report.get("duplicated").unwrap(), 0);
+    assert!(report.get("sent").unwrap().as_u64().unwrap() > 0);
+    // Each kill made a new leader, in a later term.
+    let terms: Vec<u64> = report
+        .get("terms")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|term| term.as_u64().unwrap())
+        .collect();
+    assert!(
+        first_leader.term < terms[0] && terms[0] < terms[1],
+        "{terms:?}"
+    );
+    // Every server came back: all three processes run at the end.
+    assert_eq!(target.pids().len(), 3);
+    target.stop().await.unwrap();
 }

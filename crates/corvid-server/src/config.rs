@@ -524,7 +524,9 @@ pub struct Cluster {
     /// not loopback. A relative path is taken from the current directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
-    /// Milliseconds between a leader's heartbeats.
+    /// Milliseconds between a leader's heartbeats. The defaults of the three timings were
+    /// chosen by `corvid-bench failover` and `online` on 3 and 5 servers on one machine
+    /// (docs/benchmarks.md, "Cluster").
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
     /// A follower that has heard no leader for `election_timeout_max_ms` (openraft's leader
@@ -582,16 +584,16 @@ pub struct ClusterMember {
 }
 
 // openraft 0.9 adds its leader lease (`election_timeout_max_ms`) to a follower's timeout,
-// so a follower stands after 450-600 ms of silence. Failover figures for these and slower
+// so a follower stands after 250-300 ms of silence. Failover figures for these and slower
 // settings are in docs/benchmarks.md.
 fn default_heartbeat_ms() -> u64 {
-    50
+    40
 }
 fn default_election_timeout_min_ms() -> u64 {
-    150
+    100
 }
 fn default_election_timeout_max_ms() -> u64 {
-    300
+    150
 }
 fn default_max_append_bytes() -> u64 {
     corvid_raft::DEFAULT_MAX_APPEND_BYTES
@@ -986,7 +988,7 @@ wire = "127.0.0.1:7074"
         assert_eq!(three.data_dir, PathBuf::from("corvid-data"));
         let cluster = three.cluster.as_ref().unwrap();
         assert_eq!(cluster.this_member().unwrap().raft, "127.0.0.1:7172");
-        assert_eq!(cluster.heartbeat_ms, 50);
+        assert_eq!(cluster.heartbeat_ms, 40);
         // Every server of a cluster derives the same id from its name, and no other.
         assert_eq!(cluster.id(), two.cluster.as_ref().unwrap().id());
         let other = Config::from_toml(&CLUSTER.replace("example", "other")).unwrap();

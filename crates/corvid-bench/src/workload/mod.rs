@@ -3,6 +3,7 @@
 //! [`Ledger`](crate::tally::Ledger).
 
 pub mod connections;
+pub mod failover;
 pub mod login_flood;
 pub mod offline;
 pub mod online;
@@ -389,19 +390,25 @@ pub fn conclude(report: &mut Report, ledger: &Ledger, sends: &SendStats, deadlin
 
 /// Server CPU and memory over a measured phase.
 pub struct ServerUsage {
-    cpu_start: Option<f64>,
+    /// Each server's CPU seconds at the start, by pid.
+    cpu_start: Vec<(u32, f64)>,
     bench_cpu_start: f64,
 }
 
 impl ServerUsage {
     pub fn start(target: &Target) -> ServerUsage {
         ServerUsage {
-            cpu_start: target.cpu_secs(),
+            cpu_start: target
+                .pids()
+                .into_iter()
+                .filter_map(|pid| Some((pid, crate::target::cpu_secs(pid).ok()?)))
+                .collect(),
             bench_cpu_start: crate::target::own_cpu_secs(),
         }
     }
 
-    /// Adds CPU seconds used since `start` (per message, when `messages` > 0) and RSS.
+    /// Adds CPU seconds used since `start` (per message, when `messages` > 0) and RSS: of
+    /// all the servers together, and for a cluster of each server too.
     pub fn finish(&self, target: &Target, report: &mut Report, messages: u64) {
         let per_message = |secs: f64| {
             if messages == 0 {
@@ -410,18 +417,35 @@ impl ServerUsage {
                 (secs * 1e6 / messages as f64 * 100.0).round() / 100.0
             }
         };
-        if let (Some(start), Some(end)) = (self.cpu_start, target.cpu_secs()) {
-            let used = end - start;
-            report.set("server_cpu_secs", (used * 100.0).round() / 100.0);
-            report.set("server_cpu_us_per_msg", per_message(used));
+        let round = |secs: f64| (secs * 100.0).round() / 100.0;
+        let mib = |bytes: u64| (bytes as f64 / 1048576.0 * 10.0).round() / 10.0;
+        // Servers that were restarted in the meantime have another pid and are left out.
+        let used: Vec<f64> = self
+            .cpu_start
+            .iter()
+            .filter_map(|&(pid, start)| Some(crate::target::cpu_secs(pid).ok()? - start))
+            .collect();
+        if !used.is_empty() {
+            let total: f64 = used.iter().sum();
+            report.set("server_cpu_secs", round(total));
+            report.set("server_cpu_us_per_msg", per_message(total));
         }
         let bench = crate::target::own_cpu_secs() - self.bench_cpu_start;
-        report.set("bench_cpu_secs", (bench * 100.0).round() / 100.0);
+        report.set("bench_cpu_secs", round(bench));
         report.set("bench_cpu_us_per_msg", per_message(bench));
         if let Some(rss) = target.rss_bytes() {
+            report.set("server_rss_mib", mib(rss));
+        }
+        let pids = target.pids();
+        if pids.len() > 1 {
+            let rss: Vec<f64> = pids
+                .iter()
+                .map(|&pid| crate::target::rss_bytes(pid).map_or(0.0, mib))
+                .collect();
+            report.set("servers_rss_mib", rss);
             report.set(
-                "server_rss_mib",
-                (rss as f64 / 1048576.0 * 10.0).round() / 10.0,
+                "servers_cpu_secs",
+                used.iter().map(|&secs| round(secs)).collect::<Vec<_>>(),
             );
         }
     }

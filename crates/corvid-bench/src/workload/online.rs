@@ -23,6 +23,14 @@ pub struct OnlineParams {
     pub alternate: bool,
 }
 
+/// The cluster's highest term, when the target is a cluster this bench started.
+async fn cluster_term(target: &Target) -> Option<u64> {
+    match target {
+        Target::Cluster(cluster) => cluster.term().await,
+        _ => None,
+    }
+}
+
 /// Runs the workload under the name `workload` (`online` or `unloaded`).
 pub async fn run(
     target: &Target,
@@ -53,6 +61,7 @@ pub async fn run(
     let names = Arc::new(names);
     let bar = progress::bar(total, workload, common.progress);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let term_before = cluster_term(target).await;
     let usage = ServerUsage::start(target);
     let start = Instant::now();
     let start_ns = ledger.now_ns();
@@ -123,6 +132,11 @@ pub async fn run(
     report.set("receipts", received.receipts);
     report.set("max_in_flight", ledger.max_in_flight());
     usage.finish(target, &mut report, tally.delivered);
+    // On a cluster, an election during the run (none is due: no server failed) shows as a
+    // higher term.
+    if let (Some(before), Some(after)) = (term_before, cluster_term(target).await) {
+        report.set("term_changes", after.saturating_sub(before));
+    }
     super::conclude(&mut report, &ledger, &sends, !delivered_all);
     if let Some(error) = received.error {
         report.problem(error);

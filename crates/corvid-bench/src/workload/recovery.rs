@@ -67,7 +67,7 @@ pub async fn run(
     let deadline = start + common.deadline;
     let seed = rand::random();
     let target_view = Target::Running {
-        addr: addr.addr.clone(),
+        addr: addr.servers.join(","),
         pid: server_pid(server),
     };
     let usage = ServerUsage::start(&target_view);
