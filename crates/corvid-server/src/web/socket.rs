@@ -194,7 +194,13 @@ impl Session {
                             for _ in 1..EVENT_BURST {
                                 match next_event(&mut subscription).now_or_never() {
                                     Some(Some(event)) => output.feed(WsMessage::text(json::event(&event))).await?,
-                                    Some(None) => { subscription = None; break; }
+                                    Some(None) => {
+                                        // Over, as below: close once the answers owed are out.
+                                        subscription = None;
+                                        reading = false;
+                                        closing.get_or_insert(Closing { code: CloseCode::Normal, reason: "the subscription ended" });
+                                        break;
+                                    }
                                     None => break,
                                 }
                             }
