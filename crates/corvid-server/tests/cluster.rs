@@ -48,6 +48,7 @@ impl Servers {
                 wire: free_address(),
                 grpc: None,
                 http: None,
+                admin: None,
                 data: Some(root.path().join(format!("corvid-data-{id}"))),
             })
             .collect();

@@ -454,6 +454,7 @@ impl Cluster {
                 session_policy: policy(),
                 max_text_bytes: 4096,
                 login,
+                metrics: corvid_server::metrics::Metrics::off(),
             },
         )
         .unwrap();
