@@ -49,9 +49,10 @@ struct Cli {
     transport: Transport,
     /// The started server's admin listener: an address, or `off` for a server that
     /// records no metrics (to measure what recording costs).
+    // Not global: the hidden `serve` subcommand has a flag of the same name.
     #[arg(
-        long,
-        global = true,
+        long = "admin-listen",
+        id = "bench_admin_listen",
         value_name = "ADDR|off",
         default_value = "127.0.0.1:0"
     )]
