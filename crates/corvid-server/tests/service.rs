@@ -44,9 +44,9 @@ impl Harness {
         });
         let node = Node::open(
             corvid_raft::NodeConfig {
-            min_free_bytes: config.limits.min_free_disk_bytes,
-            ..corvid_raft::NodeConfig::single_server(dir.path().to_path_buf())
-        },
+                min_free_bytes: config.limits.min_free_disk_bytes,
+                ..corvid_raft::NodeConfig::single_server(dir.path().to_path_buf())
+            },
             effects,
         )
         .await

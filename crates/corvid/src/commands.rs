@@ -138,7 +138,9 @@ pub async fn run(global: GlobalArgs, command: Command) -> Result<(), CliError> {
         session_path,
     };
     match command {
-        Command::Serve(_) | Command::Check { .. } | Command::Cluster(_)
+        Command::Serve(_)
+        | Command::Check { .. }
+        | Command::Cluster(_)
         | Command::Status { .. } => Err(CliError::usage(
             "serve, check, cluster and status are not client commands",
         )),

@@ -388,7 +388,12 @@ impl FixedServer {
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{wire}")])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -27,7 +27,15 @@ fn serve_refuses_a_newer_data_format_with_one_line() {
     newer_data_directory(dir.path());
     let output = corvid()
         .args(["serve", "--config", "/dev/null", "--listen", "127.0.0.1:0"])
-        .args(["--grpc-listen", "off", "--http-listen", "off", "--admin-listen", "off", "--data"])
+        .args([
+            "--grpc-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--admin-listen",
+            "off",
+            "--data",
+        ])
         .arg(dir.path())
         .stdin(Stdio::null())
         .env("RUST_LOG", "off")

@@ -251,7 +251,10 @@ impl Session {
             *subscription = None;
             *subscribing = true;
             return Some(Box::pin(async move {
-                match service.subscribe_over(crate::metrics::WEB, token, from).await {
+                match service
+                    .subscribe_over(crate::metrics::WEB, token, from)
+                    .await
+                {
                     Ok(subscription) => Reply::Subscribed {
                         id,
                         subscription: Box::new(subscription),
@@ -261,7 +264,10 @@ impl Session {
             }));
         }
         Some(Box::pin(async move {
-            match service.serve(crate::metrics::WEB, peer.into(), request).await {
+            match service
+                .serve(crate::metrics::WEB, peer.into(), request)
+                .await
+            {
                 Ok(response) if proves_session(&response) => {
                     Reply::Authenticated(json::response(id, &response))
                 }
