@@ -132,11 +132,18 @@ impl ProcessCluster {
     /// Starts `n` servers (ids 1..=n; index `i` is id `i + 1`) and waits until each has
     /// printed its ready line.
     pub async fn start(dir: &Path, n: usize) -> ProcessCluster {
+        // Every server port is held until the proxies are bound, so that no proxy (and no
+        // two servers) can be given the same port; they are released just before the
+        // servers start.
+        let held: Vec<std::net::TcpListener> = (0..3 * n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+            .collect();
+        let address = |i: usize| held[i].local_addr().expect("a bound address");
         let ports: Vec<Ports> = (0..n)
-            .map(|_| Ports {
-                raft: free_port(),
-                wire: free_port(),
-                grpc: free_port(),
+            .map(|i| Ports {
+                raft: address(3 * i),
+                wire: address(3 * i + 1),
+                grpc: address(3 * i + 2),
             })
             .collect();
         let mut links = Vec::new();
@@ -161,6 +168,7 @@ impl ProcessCluster {
         for i in 0..n {
             std::fs::write(cluster.config_path(i), cluster.config(i)).unwrap();
         }
+        drop(held);
         let spawned: Vec<_> = (0..n).map(|i| cluster.spawn(i)).collect();
         for (i, ready) in spawned.into_iter().enumerate() {
             cluster.await_ready(i, ready);
