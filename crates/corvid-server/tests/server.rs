@@ -1013,20 +1013,29 @@ async fn subscriber_that_never_reads(server: &RunningServer, token: Token) -> Co
     stuck
 }
 
-/// Sends `count` messages of `text` to bob, all pipelined, then takes every answer.
+/// Sends `count` messages of `text` to bob, pipelined a window at a time. The sender takes
+/// its answers after each window: a client that only writes, never reading its answers, is
+/// itself a client that does not read: once its receive buffer is full (each small answer
+/// takes far more of it than its bytes), the write deadline closes it too.
 async fn send_pipelined(sender: &mut Conn, token: Token, text: &str, count: usize) {
-    for _ in 0..count {
-        sender
-            .send_request(Request::Send {
-                token,
-                to: "bob".into(),
-                text: text.to_string(),
-                client_id: 0,
-            })
-            .await;
-    }
-    for _ in 0..count {
-        assert!(matches!(sender.answer().await, Frame::Response { .. }));
+    const WINDOW: usize = 16;
+    let mut left = count;
+    while left > 0 {
+        let window = left.min(WINDOW);
+        for _ in 0..window {
+            sender
+                .send_request(Request::Send {
+                    token,
+                    to: "bob".into(),
+                    text: text.to_string(),
+                    client_id: 0,
+                })
+                .await;
+        }
+        for _ in 0..window {
+            assert!(matches!(sender.answer().await, Frame::Response { .. }));
+        }
+        left -= window;
     }
 }
 
