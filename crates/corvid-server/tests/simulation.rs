@@ -13,7 +13,10 @@
 //! another server when its server goes away (as `corvid-client` does).
 //!
 //! Checked while the faults run:
-//! - at most one leader per term (every node's openraft metrics are watched);
+//! - no server's vote ever goes backwards, across its restarts too (every node's openraft
+//!   metrics are watched). openraft's leader ids are (term, node id), totally ordered, so a
+//!   term may see a second leader that supersedes the first; at most one leader per leader
+//!   id, and none granted below a vote already given, is the rule (see [`watch_votes`]);
 //! - a committed entry never changes: every entry a server has applied is recorded as
 //!   (index → log id, hash of its commands), and every server's log is compared with it,
 //!   again after each restart and once more at the end;
@@ -52,7 +55,7 @@ use corvid_raft::{Node, NodeConfig, Peers, RaftTiming};
 use corvid_server::config::Login;
 use corvid_server::hub::{Hub, HubLimits};
 use corvid_server::service::{now, Service, ServiceConfig};
-use corvid_store::typ::{LogId, NodeId};
+use corvid_store::typ::{LogId, NodeId, Vote};
 use corvid_store::{ClientAddrs, ClusterId, Member};
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
@@ -95,11 +98,6 @@ const CLUSTER: ClusterId = ClusterId([9; 16]);
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
 #[test]
-// Out of the default run until a finding is explained: in full parallel test runs, a seed
-// in a hundred saw two servers each holding its own committed vote in the same term
-// (seeds 54 and 4 of two runs; each passed when replayed alone). Run it with
-// `cargo test -p corvid-server --test simulation -- --ignored`.
-#[ignore = "two servers reported leading one term under a loaded run: being investigated"]
 fn a_five_server_cluster_under_faults_loses_duplicates_and_reorders_nothing() {
     let seeds: Vec<u64> = match std::env::var("CORVID_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("CORVID_SIM_SEED is a number")],
@@ -370,8 +368,10 @@ struct Server {
 #[derive(Default)]
 struct Record {
     violations: Vec<String>,
-    /// The leader of each term, as the leaders' own metrics said.
-    leaders: BTreeMap<u64, NodeId>,
+    /// Every leader id held, (term, server), as the leaders' own metrics said.
+    leaders: BTreeSet<(u64, NodeId)>,
+    /// Each server's last vote, kept across its restarts.
+    votes: BTreeMap<NodeId, Vote>,
     /// Every applied (so committed) entry: index → (log id, hash of its payload, who said).
     committed: BTreeMap<u64, (LogId, u64, NodeId)>,
     /// The state digest at each applied index: index → (digest, who said).
@@ -467,7 +467,7 @@ impl Cluster {
             service,
             down: CancellationToken::new(),
         });
-        tokio::spawn(watch_leaders(self.clone(), id, server.clone()));
+        tokio::spawn(watch_votes(self.clone(), id, server.clone()));
         lock(&self.servers).insert(id, server);
     }
 
@@ -624,32 +624,45 @@ impl Cluster {
     }
 }
 
-/// Records the term of each leadership `server` (server `id`) holds, until it stops.
-async fn watch_leaders(cluster: Arc<Cluster>, id: NodeId, server: Arc<Server>) {
+/// Watches server `id`'s vote until the server stops: records each leadership it holds, and
+/// checks that its vote never goes backwards.
+///
+/// openraft names a leader by its leader id, (term, node id), and in its default mode
+/// these are totally ordered (openraft's `docs::data::leader_id`): a server grants a vote
+/// only to a leader id at least as great as every one it granted before, so a term may see
+/// a second leader, of a greater node id, which supersedes the first (no quorum is left to
+/// commit anything for the first). Two leaders in one term are therefore not a fault;
+/// what Raft's safety rests on is checked instead: no server's vote ever goes backwards,
+/// across its restarts too (a vote forgotten in a crash would let it grant a lesser leader
+/// the place it had given a greater one), and (in [`Cluster::compare_entries`]) no
+/// committed entry ever changes.
+async fn watch_votes(cluster: Arc<Cluster>, id: NodeId, server: Arc<Server>) {
     let mut metrics = server.service.node().raft().metrics();
     loop {
-        // A leader is a server whose vote is its own and committed (granted by a quorum),
-        // in that vote's term. The server state alone is not enough: openraft publishes a
-        // restarted leader as `Leader` of its old term at once, and a metrics update can
-        // carry a newer term (another server's vote) before the state that goes with it.
-        let term = {
+        let (vote, leads) = {
             let now = metrics.borrow_and_update();
-            let vote = &now.vote;
-            (now.state.is_leader()
+            let vote = now.vote;
+            // A leader is a server whose vote is its own and committed (granted by a
+            // quorum). The server state alone is not enough: openraft publishes a restarted
+            // leader as `Leader` at once, before a quorum confirms it again.
+            let leads = now.state.is_leader()
                 && vote.is_committed()
-                && vote.leader_id().voted_for() == Some(id))
-            .then(|| vote.leader_id().get_term())
+                && vote.leader_id().voted_for() == Some(id);
+            (vote, leads)
         };
-        if let Some(term) = term {
+        // Term 0 is the vote a node publishes before it has read its own from disk.
+        if vote.leader_id().get_term() > 0 {
             let mut record = lock(&cluster.record);
-            match record.leaders.get(&term) {
-                Some(other) if *other != id => {
-                    let what = format!("two leaders in term {term}: servers {other} and {id}");
+            if let Some(last) = record.votes.get(&id) {
+                if vote.partial_cmp(last) == Some(std::cmp::Ordering::Less) {
+                    let what = format!("server {id}'s vote went back from {last} to {vote}");
                     record.violations.push(what);
                 }
-                Some(_) => {}
-                None => {
-                    record.leaders.insert(term, id);
+            }
+            record.votes.insert(id, vote);
+            if leads {
+                let leader = (vote.leader_id().get_term(), id);
+                if record.leaders.insert(leader) {
                     record.elections += 1;
                 }
             }
@@ -659,6 +672,15 @@ async fn watch_leaders(cluster: Arc<Cluster>, id: NodeId, server: Arc<Server>) {
             changed = metrics.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// How many terms had more than one leader.
+fn shared_terms(leaders: &BTreeSet<(u64, NodeId)>) -> usize {
+    let mut per_term: BTreeMap<u64, usize> = BTreeMap::new();
+    for (term, _) in leaders {
+        *per_term.entry(*term).or_default() += 1;
+    }
+    per_term.values().filter(|&&leaders| leaders > 1).count()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -961,10 +983,11 @@ async fn run(seed: u64) -> Result<String, Vec<String>> {
         let record = lock(&cluster.record);
         let seen = lock(&seen);
         format!(
-            "{} messages, {} terms with a leader, {} crashes, {} restarts, {} retried calls, \
-             {} resubscriptions, {} entries compared",
+            "{} messages, {} leaders ({} terms with two or more), {} crashes, {} restarts, \
+             {} retried calls, {} resubscriptions, {} entries compared",
             seen.acknowledged.len(),
             record.elections,
+            shared_terms(&record.leaders),
             record.crashes,
             record.restarts,
             seen.retries,
