@@ -171,7 +171,7 @@ fn chat_in_a_real_terminal_logs_in_sends_and_shows_a_live_reply(transport: Trans
     let servers = format!("127.0.0.1:9,{}", server.address(transport));
     let command = format!(
         "{} --session {} --server {servers} --transport {} chat; \
-         echo \"chat exited $?\"; stty -a; sleep 600",
+         echo \"chat exited $?\"; stty -a; echo \"modes shown\"; sleep 600",
         quoted(Path::new(env!("CARGO_BIN_EXE_corvid"))),
         quoted(&alice.session),
         transport.name(),
@@ -281,7 +281,10 @@ fn chat_in_a_real_terminal_logs_in_sends_and_shows_a_live_reply(transport: Trans
     // Ctrl-C leaves, and the terminal is as it was: the normal screen, and a shell's
     // cooked mode with echo.
     tmux.keys(&["C-c"]);
-    let screen = tmux.wait_for("chat exited 0");
+    // `stty -a` prints after the exit line: wait for the line after it, or a loaded
+    // machine shows the exit line alone.
+    let screen = tmux.wait_for("modes shown");
+    assert!(screen.contains("chat exited 0"), "{screen}");
     assert!(!tmux.alternate_screen(), "still on the alternate screen");
     let modes: Vec<&str> = screen.split_whitespace().collect();
     for mode in ["icanon", "echo", "isig"] {
