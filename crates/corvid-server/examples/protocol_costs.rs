@@ -28,6 +28,10 @@ use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "common/cases.rs"]
+mod cases;
+use cases::{cases, name, Case};
+
 /// Bytes through one proxy, client to server and back.
 #[derive(Clone, Default)]
 struct Counters {
@@ -186,54 +190,6 @@ async fn client(transport: Transport, upstream: SocketAddr) -> (Client, Counters
     config.max_attempts = 1;
     let client = Client::connect_with(config).await.expect("connect");
     (client, counters)
-}
-
-const PASSWORD: &str = "correct horse battery";
-
-/// Names of `len` characters, distinct by `seed`.
-fn name(len: usize, seed: usize) -> String {
-    let mut name = format!("u{seed:04}");
-    while name.len() < len {
-        name.push('x');
-    }
-    name.truncate(len);
-    name
-}
-
-/// The inputs of one case, typical or worst.
-struct Case {
-    label: &'static str,
-    name_len: usize,
-    display_name: String,
-    password: String,
-    text: String,
-    /// Accounts that a listing returns, and messages in a page.
-    page: usize,
-    ids: usize,
-}
-
-fn cases() -> [Case; 2] {
-    [
-        Case {
-            label: "typical",
-            name_len: 5,
-            display_name: "Alice A.".into(),
-            password: PASSWORD.into(),
-            text: "lunch at noon? the usual place".into(),
-            page: 5,
-            ids: 1,
-        },
-        Case {
-            label: "worst",
-            name_len: 32,
-            // 64 characters of 4 bytes each: the largest display name.
-            display_name: "𝄞".repeat(64),
-            password: "p".repeat(128),
-            text: "x".repeat(4096),
-            page: 100,
-            ids: 1000,
-        },
-    ]
 }
 
 /// Runs every operation of `case` over `transport` against a fresh server, twice, and

@@ -23,7 +23,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-const PASSWORD: &str = "correct horse battery";
+#[path = "common/cases.rs"]
+mod cases;
+use cases::{cases, name, Case, PASSWORD};
+
 const SEQUENTIAL_PINGS: usize = 5_000;
 const SEQUENTIAL_SENDS: usize = 500;
 const CONCURRENCY: usize = 64;
@@ -99,25 +102,6 @@ impl Ws {
         let answer = self.call(request).await;
         (self.up + self.down - before, answer)
     }
-}
-
-fn name(len: usize, seed: usize) -> String {
-    let mut name = format!("u{seed:04}");
-    while name.len() < len {
-        name.push('x');
-    }
-    name.truncate(len);
-    name
-}
-
-struct Case {
-    label: &'static str,
-    name_len: usize,
-    display_name: String,
-    password: String,
-    text: String,
-    page: usize,
-    ids: usize,
 }
 
 async fn server(dir: &std::path::Path) -> corvid_server::RunningServer {
@@ -318,26 +302,7 @@ fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
 
 #[tokio::main]
 async fn main() {
-    let cases = [
-        Case {
-            label: "typical",
-            name_len: 5,
-            display_name: "Alice A.".into(),
-            password: PASSWORD.into(),
-            text: "lunch at noon? the usual place".into(),
-            page: 5,
-            ids: 1,
-        },
-        Case {
-            label: "worst",
-            name_len: 32,
-            display_name: "𝄞".repeat(64),
-            password: "p".repeat(128),
-            text: "x".repeat(4096),
-            page: 100,
-            ids: 1000,
-        },
-    ];
+    let cases = cases();
     println!("| operation | case | web (JSON over WebSocket), socket |");
     println!("| --- | --- | ---: |");
     for case in &cases {
