@@ -293,6 +293,21 @@ impl User {
         );
     }
 
+    /// Polls `users` until `who` shows as online (their `listen` has subscribed).
+    pub fn wait_online(&self, who: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let listing = self.ok(&["--json", "users", who]);
+            let page: serde_json::Value = serde_json::from_str(listing.trim())
+                .unwrap_or_else(|e| panic!("not JSON: {listing:?}: {e}"));
+            if page["accounts"][0]["online"] == serde_json::Value::Bool(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{who} never came online");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `corvid listen --json` in the background, its lines on a channel.
     pub fn listen(&self) -> Listener {
         let mut child = self
