@@ -376,6 +376,50 @@ mod tests {
     }
 
     #[test]
+    fn cluster_takes_its_config_before_or_after_the_action() {
+        for args in [
+            ["cluster", "status", "--config", "c.toml"],
+            ["cluster", "--config", "c.toml", "status"],
+        ] {
+            let Command::Cluster(cluster) = parse(&args).unwrap().command else {
+                panic!("not cluster: {args:?}");
+            };
+            assert!(matches!(
+                cluster.action,
+                crate::cluster::ClusterAction::Status
+            ));
+            assert_eq!(
+                cluster.config_file().unwrap(),
+                std::path::Path::new("c.toml"),
+                "{args:?}"
+            );
+        }
+        let cli = parse(&["cluster", "remove", "4", "--config", "c.toml"]).unwrap();
+        let Command::Cluster(cluster) = cli.command else {
+            panic!("not cluster");
+        };
+        assert!(matches!(
+            cluster.action,
+            crate::cluster::ClusterAction::Remove { id: 4 }
+        ));
+        assert_eq!(cluster.config, Some(PathBuf::from("c.toml")));
+    }
+
+    #[test]
+    fn cluster_without_a_config_is_a_usage_error() {
+        let Command::Cluster(cluster) = parse(&["cluster", "status"]).unwrap().command else {
+            panic!("not cluster");
+        };
+        if std::env::var_os("CORVID_CONFIG").is_none() {
+            let error = cluster.config_file().unwrap_err();
+            assert!(
+                matches!(error, crate::error::CliError::Usage(_)),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[test]
     fn server_lists_drop_blanks() {
         assert_eq!(split_servers(" a:1 ,,b:2 "), ["a:1", "b:2"]);
         assert!(split_servers(" , ").is_empty());

@@ -3,7 +3,6 @@
 #[macro_use]
 mod common;
 
-
 use common::{stderr, Server, Transport, User};
 use serde_json::Value;
 

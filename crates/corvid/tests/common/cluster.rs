@@ -379,9 +379,8 @@ impl ProcessCluster {
     /// Runs `corvid cluster status` against server `via`'s configuration.
     pub fn status(&self, via: usize) -> std::process::Output {
         corvid()
-            .args(["cluster", "--config"])
+            .args(["cluster", "status", "--config"])
             .arg(self.config_path(via))
-            .arg("status")
             .output()
             .expect("corvid cluster status runs")
     }
