@@ -23,6 +23,7 @@
 //!   `raft_addr`.
 
 pub mod grpc;
+pub mod listener;
 pub mod router;
 
 use std::collections::BTreeMap;
