@@ -67,12 +67,12 @@ pub struct ConnectionInfo {
 }
 
 /// An admitted connection as tonic gets it: its stream keeps its deadlines and slot.
-pub struct GrpcConnection {
+pub struct IncomingConnection {
     io: ConnectionIo,
     info: ConnectionInfo,
 }
 
-impl Connected for GrpcConnection {
+impl Connected for IncomingConnection {
     type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> ConnectionInfo {
@@ -80,7 +80,7 @@ impl Connected for GrpcConnection {
     }
 }
 
-impl AsyncRead for GrpcConnection {
+impl AsyncRead for IncomingConnection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -90,7 +90,7 @@ impl AsyncRead for GrpcConnection {
     }
 }
 
-impl AsyncWrite for GrpcConnection {
+impl AsyncWrite for IncomingConnection {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -122,7 +122,7 @@ impl AsyncWrite for GrpcConnection {
 
 /// Hands the connections the front door admits to the HTTP/2 server.
 struct Handoff {
-    accepted: mpsc::Sender<io::Result<GrpcConnection>>,
+    accepted: mpsc::Sender<io::Result<IncomingConnection>>,
 }
 
 impl Frontend for Handoff {
@@ -133,7 +133,7 @@ impl Frontend for Handoff {
     };
 
     async fn serve(self: Arc<Self>, connection: Connection) {
-        let connection = GrpcConnection {
+        let connection = IncomingConnection {
             io: connection.io,
             info: ConnectionInfo {
                 limiter: connection.limiter,
@@ -157,7 +157,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let limits = admission.limits().clone();
-    let (accepted, mut incoming) = mpsc::channel::<io::Result<GrpcConnection>>(ACCEPT_QUEUE);
+    let (accepted, mut incoming) = mpsc::channel::<io::Result<IncomingConnection>>(ACCEPT_QUEUE);
     let accepting = admission.serve(listener, tls, Arc::new(Handoff { accepted }));
     let request_limits = limits.clone();
     let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx))

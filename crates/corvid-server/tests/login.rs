@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
 
-use corvid_client::{Client, ClientConfig, Transport};
+use corvid_client::{Client, ClientConfig, Protocol};
 use corvid_core::{ApiError, ErrorCode, Request, Response};
 use corvid_server::{Config, RunningServer};
 use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, WireCodec, HELLO_LEN};
@@ -158,7 +158,7 @@ async fn a_login_flood_is_throttled_and_the_user_still_logs_in_from_a_clean_addr
     // ...and so is gRPC from that address: its frontend passes the peer's address on.
     let grpc = server.grpc_addr().unwrap().to_string();
     let mut config = ClientConfig::new(&[grpc]);
-    config.transport = Transport::Grpc;
+    config.transport = Protocol::Grpc;
     let grpc_client = Client::connect_with(config).await.unwrap();
     let refused = grpc_client.login("alice", WRONG).await.unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::TooManyAttempts));

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use corvid_client::{Client, ClientConfig, Transport};
+use corvid_client::{Client, ClientConfig, Protocol};
 use corvid_server::{Config, RunningServer};
 
 const PASSWORD: &str = "correct horse battery";
@@ -571,7 +571,7 @@ async fn a_message_crosses_websocket_binary_protocol_and_grpc_and_back() {
     wire.create_account("wiry", "", PASSWORD).await.unwrap();
     let wire_token = wire.login("wiry", PASSWORD).await.unwrap().token;
     let grpc_config = ClientConfig {
-        transport: Transport::Grpc,
+        transport: Protocol::Grpc,
         ..ClientConfig::new(&[server.grpc_addr().unwrap().to_string()])
     };
     let grpc = Client::connect_with(grpc_config).await.unwrap();

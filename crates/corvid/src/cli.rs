@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use corvid_client::Transport;
+use corvid_client::Protocol;
 use corvid_core::validate::MAX_PAGE;
 
 const EXIT_CODES: &str = "\
@@ -71,11 +71,11 @@ pub enum TransportArg {
     Grpc,
 }
 
-impl From<TransportArg> for Transport {
-    fn from(transport: TransportArg) -> Transport {
+impl From<TransportArg> for Protocol {
+    fn from(transport: TransportArg) -> Protocol {
         match transport {
-            TransportArg::Wire => Transport::Wire,
-            TransportArg::Grpc => Transport::Grpc,
+            TransportArg::Wire => Protocol::Wire,
+            TransportArg::Grpc => Protocol::Grpc,
         }
     }
 }
@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(parse(&["read"]).unwrap().global.transport, None);
         let cli = parse(&["read", "--transport", "grpc"]).unwrap();
         assert_eq!(cli.global.transport, Some(TransportArg::Grpc));
-        assert_eq!(Transport::from(TransportArg::Grpc), Transport::Grpc);
+        assert_eq!(Protocol::from(TransportArg::Grpc), Protocol::Grpc);
         let cli = parse(&["--transport", "wire", "read"]).unwrap();
         assert_eq!(cli.global.transport, Some(TransportArg::Wire));
         assert!(parse(&["read", "--transport", "carrier-pigeon"]).is_err());

@@ -27,10 +27,10 @@ impl Transport {
         }
     }
 
-    pub fn client(self) -> corvid_client::Transport {
+    pub fn client(self) -> corvid_client::Protocol {
         match self {
-            Transport::Wire => corvid_client::Transport::Wire,
-            Transport::Grpc => corvid_client::Transport::Grpc,
+            Transport::Wire => corvid_client::Protocol::Wire,
+            Transport::Grpc => corvid_client::Protocol::Grpc,
         }
     }
 }
