@@ -775,6 +775,72 @@ impl AsyncWrite for ConnectionIo {
     }
 }
 
+/// What a frontend keeps beside a connection's stream, told of every read that brought
+/// bytes (the web frontend times the messages they begin; the gRPC one needs nothing).
+pub trait StreamCompanion: Unpin {
+    /// Bytes arrived on the stream.
+    fn bytes_arrived(&self) {}
+}
+
+/// A connection's stream as a frontend hands it on (to hyper or tonic), with what the
+/// frontend keeps beside it: reads and writes go to the [`ConnectionIo`] unchanged.
+pub struct CompanionIo<T> {
+    io: ConnectionIo,
+    pub companion: T,
+}
+
+impl<T: StreamCompanion> CompanionIo<T> {
+    pub fn new(io: ConnectionIo, companion: T) -> CompanionIo<T> {
+        CompanionIo { io, companion }
+    }
+}
+
+impl<T: StreamCompanion> AsyncRead for CompanionIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.companion.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<T: StreamCompanion> AsyncWrite for CompanionIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
