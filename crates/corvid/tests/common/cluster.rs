@@ -11,7 +11,6 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -23,7 +22,7 @@ use corvid_core::{Message, MessageId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::common::{corvid, Transport};
+use crate::common::{corvid, first_line, Transport};
 
 /// How long a server may take to print its ready line (a leader is known).
 const READY_DEADLINE: Duration = Duration::from_secs(60);
@@ -238,18 +237,10 @@ impl ProcessCluster {
             .stderr(log)
             .spawn()
             .expect("corvid serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
+        let ready = first_line(&mut child);
         self.children[i] = Some(child);
         self.state[i] = Running::Up;
-        rx
+        ready
     }
 
     fn await_ready(&mut self, i: usize, ready: std::sync::mpsc::Receiver<String>) {

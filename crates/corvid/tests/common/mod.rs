@@ -65,6 +65,21 @@ pub fn corvid() -> Command {
     command
 }
 
+/// The first line `child` prints on its piped stdout (a server's ready line), on a
+/// channel; the rest is read and dropped, so that the child never blocks on a full pipe.
+pub fn first_line(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx
+}
+
 /// A `corvid serve` process on free loopback ports.
 pub struct Server {
     pub child: Child,
@@ -125,17 +140,7 @@ impl Server {
             .stderr(log_file)
             .spawn()
             .expect("corvid serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = rx
+        let line = first_line(&mut child)
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| {
                 let _ = child.kill();
