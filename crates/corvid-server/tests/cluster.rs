@@ -392,3 +392,37 @@ async fn a_peer_connection_that_does_not_authenticate_is_closed_after_the_deadli
     ask().await.unwrap();
     servers.shutdown().await;
 }
+
+/// A call to the server-to-server port without the cluster's id is refused from its
+/// headers: the server answers it while its body is still unfinished, so an
+/// unauthenticated client makes it read and hold no request body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_peer_call_is_refused_before_its_body_is_read() {
+    let mut servers = Servers::new(1, None);
+    servers.start(1).await;
+    servers.ready().await;
+    let address = servers.servers[&1].peer_addr().unwrap();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}/corvid.peer.v1.Peer/Status"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    // A gRPC message header announcing a megabyte, and then nothing: the body never ends.
+    let mut start = vec![0];
+    start.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    body.send_data(start.into(), false).unwrap();
+    let response = tokio::time::timeout(DEADLINE / 4, response)
+        .await
+        .expect("an answer while the body is unfinished")
+        .unwrap();
+    let status = tonic::Status::from_header_map(response.headers()).expect("a grpc-status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    servers.shutdown().await;
+}
