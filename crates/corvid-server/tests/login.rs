@@ -3,6 +3,8 @@
 //! the real user still logs in from an address that has not been failing. Clients bind to
 //! different loopback addresses (127.0.0.1, 127.0.0.2) to come from different places.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,16 +18,19 @@ use corvid_core::{ApiError, ErrorCode, Request, Response};
 use corvid_server::{Config, RunningServer};
 use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, WireCodec, HELLO_LEN};
 
-const PASSWORD: &str = "correct horse battery";
+use common::PASSWORD;
+
 const WRONG: &str = "wrong horse battery";
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A server whose per-connection rate limit is lifted: the floods here are of logins.
 async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config::ephemeral(dir);
-    config.limits.requests_per_second = 1_000_000;
-    config.limits.request_burst = 1_000_000;
-    tune(&mut config);
-    corvid_server::start(config).await.expect("server starts")
+    common::start(dir, |config| {
+        config.limits.requests_per_second = 1_000_000;
+        config.limits.request_burst = 1_000_000;
+        tune(config);
+    })
+    .await
 }
 
 /// A raw binary-protocol connection from a chosen local address.
