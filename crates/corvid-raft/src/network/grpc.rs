@@ -41,6 +41,10 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 /// Request bytes a connection may send that no call has read yet (HTTP/2 flow control);
 /// hyper's default, stated here because it bounds what an unauthenticated client holds.
 const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+/// How often the listener pings a connection's other end, and how long it waits for the
+/// answer before it closes the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams a connection may reset by sending bad frames before it is closed (GOAWAY);
 /// hyper's own default, which tonic leaves unset (no limit).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
@@ -320,6 +324,10 @@ pub async fn serve(
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .initial_stream_window_size(CONNECTION_WINDOW_BYTES)
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        // A peer that vanished without closing its connection (its machine lost power)
+        // would hold an authenticated slot for good; pings find it out.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
