@@ -18,7 +18,7 @@ use corvid_raft::Peers;
 use tokio::process::Child;
 use tokio::time::Instant;
 
-use crate::target::{self, Endpoint, ServerOptions, Transport, START_DEADLINE};
+use crate::target::{self, Endpoint, ProtocolArg, ServerOptions, START_DEADLINE};
 
 /// The cluster's name in its configuration (its id, which every server-to-server call
 /// carries, is derived from it).
@@ -132,13 +132,13 @@ impl StartedCluster {
     }
 
     /// Every server, in id order, over `transport`.
-    pub fn endpoint(&self, transport: Transport) -> Endpoint {
+    pub fn endpoint(&self, transport: ProtocolArg) -> Endpoint {
         let servers = self
             .members
             .iter()
             .map(|m| match transport {
-                Transport::Wire => m.wire.clone(),
-                Transport::Grpc => m.grpc.clone(),
+                ProtocolArg::Wire => m.wire.clone(),
+                ProtocolArg::Grpc => m.grpc.clone(),
             })
             .collect();
         Endpoint { servers, transport }

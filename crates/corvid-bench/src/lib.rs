@@ -18,4 +18,4 @@ pub mod users;
 pub mod workload;
 
 pub use report::Report;
-pub use target::{Target, Transport};
+pub use target::{ProtocolArg, Target};

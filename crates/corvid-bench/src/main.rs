@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use corvid_bench::cluster::{ClusterOptions, StartedCluster};
 use corvid_bench::report::{self, Report};
-use corvid_bench::target::{ServerOptions, StartedServer, Target, Transport};
+use corvid_bench::target::{ProtocolArg, ServerOptions, StartedServer, Target};
 use corvid_bench::workload::connections::{self, ConnectionsParams};
 use corvid_bench::workload::failover::{self, FailoverParams};
 use corvid_bench::workload::login_flood::{self, LoginFloodParams};
@@ -46,7 +46,7 @@ struct Cli {
     corvid: Option<PathBuf>,
     /// The protocol the load uses.
     #[arg(long, global = true, value_enum, default_value = "wire")]
-    transport: Transport,
+    transport: ProtocolArg,
     /// The started server's admin listener: an address, or `off` for a server that
     /// records no metrics (to measure what recording costs).
     // Not global: the hidden `serve` subcommand has a flag of the same name.
@@ -322,7 +322,7 @@ struct Options {
     cluster: ClusterOptions,
     corvid: Option<PathBuf>,
     admin_listen: String,
-    transport: Transport,
+    transport: ProtocolArg,
     common: Common,
     results: PathBuf,
     label: Option<String>,

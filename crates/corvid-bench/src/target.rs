@@ -17,23 +17,23 @@ pub use crate::cluster::StartedCluster;
 
 /// The protocol the load uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Transport {
+pub enum ProtocolArg {
     /// The binary protocol (docs/protocol.md).
     Wire,
     /// gRPC (proto/corvid.proto).
     Grpc,
 }
 
-impl Transport {
+impl ProtocolArg {
     pub fn name(self) -> &'static str {
         self.client().name()
     }
 
     /// The client library's name for it.
-    pub fn client(self) -> corvid_client::Transport {
+    pub fn client(self) -> corvid_client::Protocol {
         match self {
-            Transport::Wire => corvid_client::Transport::Wire,
-            Transport::Grpc => corvid_client::Transport::Grpc,
+            ProtocolArg::Wire => corvid_client::Protocol::Wire,
+            ProtocolArg::Grpc => corvid_client::Protocol::Grpc,
         }
     }
 }
@@ -43,12 +43,12 @@ impl Transport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub servers: Vec<String>,
-    pub transport: Transport,
+    pub transport: ProtocolArg,
 }
 
 impl Endpoint {
     /// One server's endpoint.
-    pub fn one(addr: String, transport: Transport) -> Endpoint {
+    pub fn one(addr: String, transport: ProtocolArg) -> Endpoint {
         Endpoint {
             servers: vec![addr],
             transport,
@@ -88,7 +88,7 @@ pub enum Target {
 
 impl Target {
     /// Where to reach the server, or every server of a cluster, over `transport`.
-    pub fn endpoint(&self, transport: Transport) -> Endpoint {
+    pub fn endpoint(&self, transport: ProtocolArg) -> Endpoint {
         match self {
             Target::Started(server) => server.endpoint(transport),
             Target::Cluster(cluster) => cluster.endpoint(transport),
@@ -188,10 +188,10 @@ impl StartedServer {
     }
 
     /// Where to reach the server over `transport`.
-    pub fn endpoint(&self, transport: Transport) -> Endpoint {
+    pub fn endpoint(&self, transport: ProtocolArg) -> Endpoint {
         let addr = match transport {
-            Transport::Wire => self.addr.clone(),
-            Transport::Grpc => self.grpc_addr.clone(),
+            ProtocolArg::Wire => self.addr.clone(),
+            ProtocolArg::Grpc => self.grpc_addr.clone(),
         };
         Endpoint::one(addr, transport)
     }

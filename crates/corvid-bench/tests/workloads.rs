@@ -25,7 +25,7 @@ fn common() -> Common {
         deadline: Duration::from_secs(60),
         text_bytes: 40,
         progress: false,
-        transport: corvid_bench::Transport::Wire,
+        transport: corvid_bench::ProtocolArg::Wire,
     }
 }
 
@@ -107,7 +107,7 @@ async fn online_over_grpc_delivers_every_message_once() {
         pid: None,
     };
     let common = Common {
-        transport: corvid_bench::Transport::Grpc,
+        transport: corvid_bench::ProtocolArg::Grpc,
         ..common()
     };
     let params = OnlineParams {
@@ -175,7 +175,10 @@ async fn a_started_cluster_serves_online_and_failover_kills_and_restarts_its_lea
         .unwrap();
     let mut target = Target::Cluster(Box::new(cluster));
     assert_eq!(
-        target.endpoint(corvid_bench::Transport::Wire).servers.len(),
+        target
+            .endpoint(corvid_bench::ProtocolArg::Wire)
+            .servers
+            .len(),
         3
     );
 

@@ -9,7 +9,7 @@ use corvid_core::{MessageId, Request, Response, SubscribeFrom, Token};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Connection, Transport};
+use crate::connection::{Connection, Protocol};
 use crate::events::{EventRouter, Events};
 use crate::tls::TlsConfig;
 use crate::ClientError;
@@ -21,7 +21,7 @@ pub struct ClientConfig {
     /// these are the servers' gRPC addresses.
     pub servers: Vec<String>,
     /// The protocol: the binary protocol unless told otherwise.
-    pub transport: Transport,
+    pub transport: Protocol,
     /// TLS to every server, checked against this CA; `None` for plain TCP.
     pub tls: Option<TlsConfig>,
     /// How long one attempt of a request may wait for its answer.
@@ -45,7 +45,7 @@ impl ClientConfig {
         let rounds = u32::try_from(servers.len().saturating_mul(2)).unwrap_or(u32::MAX);
         ClientConfig {
             servers: servers.to_vec(),
-            transport: Transport::Wire,
+            transport: Protocol::Wire,
             tls: None,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),

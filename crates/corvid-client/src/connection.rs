@@ -8,13 +8,13 @@ use corvid_core::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventRouter;
-use crate::grpc::GrpcConnection;
+use crate::grpc::GrpcChannel;
 use crate::wire::WireConnection;
 use crate::{ClientConfig, ClientError};
 
 /// Which protocol a client speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Transport {
+pub enum Protocol {
     /// The binary protocol (docs/protocol.md); servers listen on port 7070 by default.
     #[default]
     Wire,
@@ -22,37 +22,37 @@ pub enum Transport {
     Grpc,
 }
 
-impl Transport {
+impl Protocol {
     /// `wire` or `grpc`.
     pub fn name(self) -> &'static str {
         match self {
-            Transport::Wire => "wire",
-            Transport::Grpc => "grpc",
+            Protocol::Wire => "wire",
+            Protocol::Grpc => "grpc",
         }
     }
 
     /// The address of a server on this machine with the default port of this transport.
     pub fn default_server(self) -> &'static str {
         match self {
-            Transport::Wire => "127.0.0.1:7070",
-            Transport::Grpc => "127.0.0.1:7071",
+            Protocol::Wire => "127.0.0.1:7070",
+            Protocol::Grpc => "127.0.0.1:7071",
         }
     }
 }
 
-impl std::fmt::Display for Transport {
+impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl std::str::FromStr for Transport {
+impl std::str::FromStr for Protocol {
     type Err = String;
 
-    fn from_str(text: &str) -> Result<Transport, String> {
+    fn from_str(text: &str) -> Result<Protocol, String> {
         match text {
-            "wire" => Ok(Transport::Wire),
-            "grpc" => Ok(Transport::Grpc),
+            "wire" => Ok(Protocol::Wire),
+            "grpc" => Ok(Protocol::Grpc),
             other => Err(format!("unknown transport `{other}`: use wire or grpc")),
         }
     }
@@ -60,7 +60,7 @@ impl std::str::FromStr for Transport {
 
 pub(crate) enum Connection {
     Wire(WireConnection),
-    Grpc(GrpcConnection),
+    Grpc(GrpcChannel),
 }
 
 impl Connection {
@@ -73,11 +73,11 @@ impl Connection {
         let tls = config.tls.as_ref();
         let (timeout, max_frame_len) = (config.connect_timeout, config.max_frame_len);
         Ok(match config.transport {
-            Transport::Wire => Connection::Wire(
+            Protocol::Wire => Connection::Wire(
                 WireConnection::open(address, tls, timeout, max_frame_len, router).await?,
             ),
-            Transport::Grpc => Connection::Grpc(
-                GrpcConnection::open(address, tls, timeout, max_frame_len, router).await?,
+            Protocol::Grpc => Connection::Grpc(
+                GrpcChannel::open(address, tls, timeout, max_frame_len, router).await?,
             ),
         })
     }

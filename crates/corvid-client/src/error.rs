@@ -2,7 +2,7 @@
 
 use corvid_core::{ApiError, ErrorCode};
 
-use crate::Transport;
+use crate::Protocol;
 
 /// Why a [`Client`](crate::Client) call failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ impl ClientError {
     }
 
     /// The address, for `transport`, of the leader that a `not_leader` answer named.
-    pub(crate) fn leader(&self, transport: Transport) -> Option<String> {
+    pub(crate) fn leader(&self, transport: Protocol) -> Option<String> {
         let ClientError::Api(error) = self else {
             return None;
         };
@@ -65,8 +65,8 @@ impl ClientError {
             .as_ref()
             .filter(|_| error.code == ErrorCode::NotLeader)?;
         match transport {
-            Transport::Wire => leader.wire.clone(),
-            Transport::Grpc => leader.grpc.clone(),
+            Protocol::Wire => leader.wire.clone(),
+            Protocol::Grpc => leader.grpc.clone(),
         }
     }
 

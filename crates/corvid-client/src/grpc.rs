@@ -24,7 +24,7 @@ use crate::ClientError;
 type Reply = Result<Response, ClientError>;
 
 /// A connected channel, and the subscription stream it carries, if any.
-pub(crate) struct GrpcConnection {
+pub(crate) struct GrpcChannel {
     address: String,
     chat: ChatClient<Channel>,
     router: Arc<EventRouter>,
@@ -34,7 +34,7 @@ pub(crate) struct GrpcConnection {
     subscription: Mutex<CancellationToken>,
 }
 
-impl GrpcConnection {
+impl GrpcChannel {
     /// Connects to `address` (`host:port`): the channel is up before this returns, so an
     /// unreachable server fails here, as it does for the binary protocol.
     pub(crate) async fn open(
@@ -43,7 +43,7 @@ impl GrpcConnection {
         connect_timeout: Duration,
         max_frame_len: usize,
         router: Arc<EventRouter>,
-    ) -> Result<GrpcConnection, ClientError> {
+    ) -> Result<GrpcChannel, ClientError> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|err| invalid_address(address, err))?
@@ -75,7 +75,7 @@ impl GrpcConnection {
         let chat = ChatClient::new(channel).max_decoding_message_size(max_frame_len);
         let ended = CancellationToken::new();
         ended.cancel();
-        Ok(GrpcConnection {
+        Ok(GrpcChannel {
             address: address.to_string(),
             chat,
             router,
@@ -169,7 +169,7 @@ impl GrpcConnection {
     }
 }
 
-impl Drop for GrpcConnection {
+impl Drop for GrpcChannel {
     fn drop(&mut self) {
         self.closed.cancel();
     }

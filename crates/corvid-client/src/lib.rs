@@ -32,7 +32,7 @@ mod wire;
 
 pub use calls::{LoggedIn, Sent};
 pub use client::{Client, ClientConfig, Subscription};
-pub use connection::Transport;
+pub use connection::Protocol;
 pub use error::ClientError;
 pub use events::{EventItem, Events};
 pub use tls::TlsConfig;

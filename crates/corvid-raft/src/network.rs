@@ -21,8 +21,13 @@
 //!   membership, so an operator (or a test putting a proxy on each link) decides where
 //!   this server dials; a member with no configured address is dialled at its record's
 //!   `raft_addr`.
+//! - **The listener is bounded for strangers.** Anyone who reaches the server-to-server
+//!   port can connect, so a call is authenticated from its headers before its body is
+//!   read, and [`listener`] caps the open connections and closes those that make no
+//!   authenticated call in time, without letting a flood keep the servers' own out.
 
 pub mod grpc;
+pub mod listener;
 pub mod router;
 
 use std::collections::BTreeMap;

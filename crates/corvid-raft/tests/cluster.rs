@@ -2,12 +2,14 @@
 //! forwarding, linearizable reads on followers, catch-up by snapshot, membership changes,
 //! and appends bounded in bytes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corvid_core::{query, AccountId, Command, Outcome, SessionPolicy, Token};
+use corvid_core::{query, AccountId, Outcome, Token};
 use corvid_raft::network::router::Router;
 use corvid_raft::network::{LinkError, Links};
 use corvid_raft::peer::{MembershipChange, PeerCall};
@@ -16,7 +18,8 @@ use corvid_store::typ::NodeId;
 use corvid_store::{no_effects, ClientAddrs, ClusterId, Member};
 use futures::future::BoxFuture;
 
-const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+use common::{alice_and_bob, send};
+
 /// Bounds every wait for the cluster to reach a state.
 const DEADLINE: Duration = Duration::from_secs(20);
 const CLUSTER: ClusterId = ClusterId([7; 16]);
@@ -162,48 +165,6 @@ impl Cluster {
             self.stop(id).await;
         }
     }
-}
-
-fn create(name: &str) -> Command {
-    Command::CreateAccount {
-        username: name.into(),
-        display_name: name.into(),
-        password_hash: HASH.into(),
-        now: 1_000,
-    }
-}
-
-fn send(token: Token, to: &str, text: &str, client_id: u64) -> Command {
-    Command::Send {
-        session: token.session_key(),
-        to: to.into(),
-        text: text.into(),
-        client_id,
-        now: 2_000,
-    }
-}
-
-/// Creates alice and bob through `node` and logs alice in; returns bob's id.
-async fn alice_and_bob(node: &Node, alice: Token) -> AccountId {
-    let Outcome::AccountCreated { account: a, .. } = node.write(create("alice")).await.unwrap()
-    else {
-        panic!("alice not created")
-    };
-    let Outcome::AccountCreated { account: b, .. } = node.write(create("bob")).await.unwrap()
-    else {
-        panic!("bob not created")
-    };
-    let login = Command::Login {
-        account: a,
-        session: alice.session_key(),
-        policy: SessionPolicy::default(),
-        now: 1_000,
-    };
-    assert!(matches!(
-        node.write(login).await.unwrap(),
-        Outcome::LoggedIn { .. }
-    ));
-    b
 }
 
 async fn unread_texts(node: &Node, account: AccountId) -> Result<Vec<String>, NodeError> {

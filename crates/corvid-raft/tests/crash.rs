@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 use corvid_core::{query, AccountId, Command, Outcome, SessionPolicy, Token};
 mod common;
 
-use common::start;
+use common::{start, HASH};
 use corvid_raft::{Node, NodeConfig};
 use corvid_store::no_effects;
 
 const CHILD_DIR: &str = "CORVID_CRASH_TEST_DIR";
-const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 const ROUNDS: usize = 3;
 /// Acknowledged writes to wait for before each kill.
 const ACKS_BEFORE_KILL: usize = 300;

@@ -3,42 +3,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corvid_core::{query, AccountId, Command, Effect, MessageId, Outcome, SessionPolicy, Token};
+use corvid_core::{query, AccountId, Command, Effect, MessageId, Outcome, Token};
 mod common;
 
-use common::{config, start};
+use common::{alice_and_bob, config, create, login, send, start};
 use corvid_raft::{Node, NodeConfig, NodeError};
 use corvid_store::{no_effects, ClusterId, EffectSink};
-
-const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-
-fn create(name: &str) -> Command {
-    Command::CreateAccount {
-        username: name.into(),
-        display_name: name.into(),
-        password_hash: HASH.into(),
-        now: 1_000,
-    }
-}
-
-fn login(account: AccountId, token: Token) -> Command {
-    Command::Login {
-        account,
-        session: token.session_key(),
-        policy: SessionPolicy::default(),
-        now: 1_000,
-    }
-}
-
-fn send(token: Token, to: &str, text: &str) -> Command {
-    Command::Send {
-        session: token.session_key(),
-        to: to.into(),
-        text: text.into(),
-        client_id: 0,
-        now: 2_000,
-    }
-}
 
 fn sent_id(outcome: Outcome) -> MessageId {
     match outcome {
@@ -48,23 +18,6 @@ fn sent_id(outcome: Outcome) -> MessageId {
         } => message.id,
         other => panic!("not sent: {other:?}"),
     }
-}
-
-/// Creates alice and bob and logs alice in; returns bob's id.
-async fn alice_and_bob(node: &Node, alice: Token) -> AccountId {
-    let Outcome::AccountCreated { account: a, .. } = node.write(create("alice")).await.unwrap()
-    else {
-        panic!("alice not created")
-    };
-    let Outcome::AccountCreated { account: b, .. } = node.write(create("bob")).await.unwrap()
-    else {
-        panic!("bob not created")
-    };
-    assert!(matches!(
-        node.write(login(a, alice)).await.unwrap(),
-        Outcome::LoggedIn { .. }
-    ));
-    b
 }
 
 async fn unread_texts(node: &Node, account: AccountId) -> Vec<String> {
@@ -91,7 +44,9 @@ async fn writes_and_reads_survive_a_restart() {
     let bob = alice_and_bob(&node, alice).await;
     let mut ids = Vec::new();
     for text in ["one", "two", "three"] {
-        ids.push(sent_id(node.write(send(alice, "bob", text)).await.unwrap()));
+        ids.push(sent_id(
+            node.write(send(alice, "bob", text, 0)).await.unwrap(),
+        ));
     }
     assert_eq!(ids, [MessageId(1), MessageId(2), MessageId(3)]);
     assert_eq!(unread_texts(&node, bob).await, ["one", "two", "three"]);
@@ -110,7 +65,7 @@ async fn writes_and_reads_survive_a_restart() {
     // Shutting down twice is harmless, and the node refuses work once down.
     node.shutdown().await.unwrap();
     assert!(matches!(
-        node.write(send(alice, "bob", "late")).await,
+        node.write(send(alice, "bob", "late", 0)).await,
         Err(NodeError::Unavailable(_))
     ));
 
@@ -126,7 +81,7 @@ async fn writes_and_reads_survive_a_restart() {
         .unwrap();
     assert_eq!((id, name.as_str()), (AccountId(1), "alice"));
     // New writes continue after the old ones.
-    let next = sent_id(node.write(send(alice, "bob", "four")).await.unwrap());
+    let next = sent_id(node.write(send(alice, "bob", "four", 0)).await.unwrap());
     assert_eq!(next, MessageId(4));
     assert_eq!(
         unread_texts(&node, bob).await,
@@ -157,7 +112,7 @@ async fn concurrent_writes_all_land_and_share_fsyncs() {
     for i in 0..writes {
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
-            node.write(send(alice, "bob", &format!("message {i}")))
+            node.write(send(alice, "bob", &format!("message {i}"), 0))
                 .await
         }));
     }
@@ -211,7 +166,7 @@ async fn committed_entries_missing_from_the_state_are_reapplied_at_start() {
             },
             normal(1, vec![create("alice"), create("bob")]),
             normal(2, vec![login(AccountId(1), alice)]),
-            normal(3, vec![send(alice, "bob", "from the log")]),
+            normal(3, vec![send(alice, "bob", "from the log", 0)]),
         ];
         log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
         log.blocking_append(entries).await.unwrap();
@@ -223,7 +178,7 @@ async fn committed_entries_missing_from_the_state_are_reapplied_at_start() {
     }
     let node = start(config(dir.path()), no_effects()).await.unwrap();
     assert_eq!(unread_texts(&node, AccountId(2)).await, ["from the log"]);
-    let next = sent_id(node.write(send(alice, "bob", "after")).await.unwrap());
+    let next = sent_id(node.write(send(alice, "bob", "after", 0)).await.unwrap());
     assert_eq!(next, MessageId(2));
     node.shutdown().await.unwrap();
 }
@@ -244,7 +199,7 @@ async fn a_growing_log_is_snapshotted_by_its_size() {
     assert_eq!(node.raft().metrics().borrow().snapshot, None);
     let text = "x".repeat(1000);
     for _ in 0..100 {
-        node.write(send(alice, "bob", &text)).await.unwrap();
+        node.write(send(alice, "bob", &text, 0)).await.unwrap();
     }
     let log_bytes = node.store_metrics().log_bytes;
     assert!(log_bytes > 100 << 10, "the log holds {log_bytes} bytes");
@@ -297,7 +252,7 @@ async fn a_log_grown_over_many_restarts_is_snapshotted_by_its_size() {
             alice_and_bob(&node, alice).await;
         }
         for _ in 0..6 {
-            node.write(send(alice, "bob", &text)).await.unwrap();
+            node.write(send(alice, "bob", &text, 0)).await.unwrap();
         }
         let grown = node.store_metrics().log_bytes - at_open;
         assert!(grown < limit, "run {run} grew the log by {grown} bytes");
@@ -330,7 +285,7 @@ async fn a_push_precedes_the_state_commit_and_a_read_after_it_sees_the_message()
     };
     for round in 0..3 {
         let writer = node.clone();
-        let write = tokio::spawn(async move { writer.write(send(alice, "bob", "hi")).await });
+        let write = tokio::spawn(async move { writer.write(send(alice, "bob", "hi", 0)).await });
         let id = pushed.recv().await.unwrap();
         let before_commit = node.read_local(unread_ids).unwrap().unwrap();
         assert!(

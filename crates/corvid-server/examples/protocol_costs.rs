@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use corvid_client::{Client, ClientConfig, Transport};
+use corvid_client::{Client, ClientConfig, Protocol};
 use corvid_core::{ApiError, Event, MessageId, PatternSyntax, Request, Response};
 use corvid_grpc::convert::{Call, RpcResponse, StreamItem};
 use corvid_grpc::pb;
@@ -183,7 +183,7 @@ fn protobuf_answer_len(response: &Response) -> usize {
 }
 
 /// A client of `transport` through its own counting proxy.
-async fn client(transport: Transport, upstream: SocketAddr) -> (Client, Counters) {
+async fn client(transport: Protocol, upstream: SocketAddr) -> (Client, Counters) {
     let (address, counters) = counting_proxy(upstream).await;
     let mut config = ClientConfig::new(&[address.to_string()]);
     config.transport = transport;
@@ -194,7 +194,7 @@ async fn client(transport: Transport, upstream: SocketAddr) -> (Client, Counters
 
 /// Runs every operation of `case` over `transport` against a fresh server, twice, and
 /// returns the second run's measurements.
-async fn run(transport: Transport, case: &Case) -> Vec<Row> {
+async fn run(transport: Protocol, case: &Case) -> Vec<Row> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = corvid_server::Config::ephemeral(dir.path());
     config.log.level = "warn".into();
@@ -202,8 +202,8 @@ async fn run(transport: Transport, case: &Case) -> Vec<Row> {
     config.limits.request_burst = 1_000_000;
     let server = corvid_server::start(config).await.expect("server");
     let upstream = match transport {
-        Transport::Wire => server.wire_addr(),
-        Transport::Grpc => server.grpc_addr().expect("grpc"),
+        Protocol::Wire => server.wire_addr(),
+        Protocol::Grpc => server.grpc_addr().expect("grpc"),
     };
     let (sender, counters) = client(transport, upstream).await;
     let (receiver, receiver_counters) = client(transport, upstream).await;
@@ -429,8 +429,8 @@ async fn main() {
     println!("| operation | case | binary frame | protobuf alone | binary protocol, socket | gRPC, socket | gRPC / binary |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for case in cases() {
-        let wire = run(Transport::Wire, &case).await;
-        let grpc = run(Transport::Grpc, &case).await;
+        let wire = run(Protocol::Wire, &case).await;
+        let grpc = run(Protocol::Grpc, &case).await;
         for (wire, grpc) in wire.into_iter().zip(grpc) {
             println!(
                 "| {} | {} | {} | {} | {} | {} | {:.1}× |",

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corvid_client::{Client, ClientConfig, Transport};
+use corvid_client::{Client, ClientConfig, Protocol};
 
 const PASSWORD: &str = "correct horse battery";
 const SEQUENTIAL_PINGS: usize = 5_000;
@@ -42,7 +42,7 @@ struct Results {
     sends_per_sec: f64,
 }
 
-async fn measure(transport: Transport) -> Results {
+async fn measure(transport: Protocol) -> Results {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = corvid_server::Config::ephemeral(dir.path());
     config.log.level = "warn".into();
@@ -51,8 +51,8 @@ async fn measure(transport: Transport) -> Results {
     config.limits.max_in_flight = 1024;
     let server = corvid_server::start(config).await.expect("server");
     let address = match transport {
-        Transport::Wire => server.wire_addr(),
-        Transport::Grpc => server.grpc_addr().expect("grpc"),
+        Protocol::Wire => server.wire_addr(),
+        Protocol::Grpc => server.grpc_addr().expect("grpc"),
     };
     let mut client_config = ClientConfig::new(&[address.to_string()]);
     client_config.transport = transport;
@@ -159,8 +159,8 @@ fn median(runs: &[Results]) -> Results {
 async fn main() {
     let (mut wire_runs, mut grpc_runs) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        wire_runs.push(measure(Transport::Wire).await);
-        grpc_runs.push(measure(Transport::Grpc).await);
+        wire_runs.push(measure(Protocol::Wire).await);
+        grpc_runs.push(measure(Protocol::Grpc).await);
     }
     let (wire, grpc) = (median(&wire_runs), median(&grpc_runs));
     println!("## Latency and throughput\n");

@@ -77,7 +77,7 @@ pub trait Frontend: Send + Sync + 'static {
 
     /// Tells a connection that found no free slot why it is being closed, if the
     /// protocol has a way to. It runs under the handshake deadline.
-    fn refuse(self: Arc<Self>, stream: Transport) -> impl Future<Output = ()> + Send {
+    fn refuse(self: Arc<Self>, stream: ConnectionStream) -> impl Future<Output = ()> + Send {
         drop(stream);
         async {}
     }
@@ -251,8 +251,8 @@ impl Admission {
         self.tracker.spawn(async move {
             let explain = async {
                 let transport = match tls {
-                    None => Transport::Plain(stream),
-                    Some(tls) => Transport::Tls(Box::new(tls.accept(stream).await.ok()?)),
+                    None => ConnectionStream::Plain(stream),
+                    Some(tls) => ConnectionStream::Tls(Box::new(tls.accept(stream).await.ok()?)),
                 };
                 frontend.refuse(transport).await;
                 Some(())
@@ -268,16 +268,16 @@ impl Admission {
         stream: TcpStream,
         peer: SocketAddr,
         tls: Option<TlsAcceptor>,
-    ) -> Option<Transport> {
+    ) -> Option<ConnectionStream> {
         let Some(tls) = tls else {
-            return Some(Transport::Plain(stream));
+            return Some(ConnectionStream::Plain(stream));
         };
         let handshake = tokio::select! {
             _ = self.shutdown.cancelled() => return None,
             handshake = tokio::time::timeout(self.deadlines.handshake, tls.accept(stream)) => handshake,
         };
         match handshake {
-            Ok(Ok(stream)) => Some(Transport::Tls(Box::new(stream))),
+            Ok(Ok(stream)) => Some(ConnectionStream::Tls(Box::new(stream))),
             Ok(Err(err)) => {
                 tracing::debug!(%peer, %err, "TLS handshake failed");
                 None
@@ -291,7 +291,7 @@ impl Admission {
 
     fn connection<F: Frontend>(
         &self,
-        transport: Transport,
+        transport: ConnectionStream,
         peer: SocketAddr,
         permit: OwnedSemaphorePermit,
         started: Instant,
@@ -386,7 +386,7 @@ impl AcceptErrors {
 }
 
 /// A connection's byte stream: plain TCP, or TLS over it.
-pub enum Transport {
+pub enum ConnectionStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -395,11 +395,11 @@ pub enum Transport {
 macro_rules! with_stream {
     ($transport:expr, $io:ident => $body:expr) => {
         match $transport {
-            Transport::Plain(stream) => {
+            ConnectionStream::Plain(stream) => {
                 let $io = Pin::new(stream);
                 $body
             }
-            Transport::Tls(stream) => {
+            ConnectionStream::Tls(stream) => {
                 let $io = Pin::new(stream.as_mut());
                 $body
             }
@@ -407,7 +407,7 @@ macro_rules! with_stream {
     };
 }
 
-impl AsyncRead for Transport {
+impl AsyncRead for ConnectionStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -417,7 +417,7 @@ impl AsyncRead for Transport {
     }
 }
 
-impl AsyncWrite for Transport {
+impl AsyncWrite for ConnectionStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -444,8 +444,8 @@ impl AsyncWrite for Transport {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Transport::Plain(stream) => stream.is_write_vectored(),
-            Transport::Tls(stream) => stream.is_write_vectored(),
+            ConnectionStream::Plain(stream) => stream.is_write_vectored(),
+            ConnectionStream::Tls(stream) => stream.is_write_vectored(),
         }
     }
 }
@@ -600,7 +600,7 @@ impl Drop for Slot {
 /// A connection's byte stream with its deadlines: every frontend reads and writes through
 /// it. Past a deadline, or once the connection is closed, reads and writes fail.
 pub struct ConnectionIo {
-    inner: Transport,
+    inner: ConnectionStream,
     state: Arc<ConnectionState>,
     deadlines: Deadlines,
     protocol: Protocol,
@@ -772,6 +772,72 @@ impl AsyncWrite for ConnectionIo {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// What a frontend keeps beside a connection's stream, told of every read that brought
+/// bytes (the web frontend times the messages they begin; the gRPC one needs nothing).
+pub trait StreamCompanion: Unpin {
+    /// Bytes arrived on the stream.
+    fn bytes_arrived(&self) {}
+}
+
+/// A connection's stream as a frontend hands it on (to hyper or tonic), with what the
+/// frontend keeps beside it: reads and writes go to the [`ConnectionIo`] unchanged.
+pub struct CompanionIo<T> {
+    io: ConnectionIo,
+    pub companion: T,
+}
+
+impl<T: StreamCompanion> CompanionIo<T> {
+    pub fn new(io: ConnectionIo, companion: T) -> CompanionIo<T> {
+        CompanionIo { io, companion }
+    }
+}
+
+impl<T: StreamCompanion> AsyncRead for CompanionIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.companion.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<T: StreamCompanion> AsyncWrite for CompanionIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use corvid_raft::network::grpc::{GrpcLinks, PeerAuth};
+use corvid_raft::network::listener::ListenerLimits;
 use corvid_raft::peer::PeerService;
 use corvid_raft::{NodeConfig, Peers, RaftTiming};
 use corvid_store::{ClientAddrs, Member};
@@ -21,13 +23,20 @@ pub(crate) struct Peering {
     pub address: SocketAddr,
     listener: TcpListener,
     auth: PeerAuth,
+    limits: ListenerLimits,
 }
 
 impl Peering {
     /// Serves the other servers until `shutdown`.
     pub async fn serve(self, service: Arc<PeerService>, shutdown: CancellationToken) {
-        if let Err(e) =
-            corvid_raft::network::grpc::serve(self.listener, service, self.auth, shutdown).await
+        if let Err(e) = corvid_raft::network::grpc::serve(
+            self.listener,
+            service,
+            self.auth,
+            self.limits,
+            shutdown,
+        )
+        .await
         {
             tracing::error!(error = %e, "the server-to-server listener failed");
         }
@@ -99,5 +108,9 @@ pub(crate) async fn prepare(
         address,
         listener,
         auth,
+        limits: ListenerLimits {
+            max_connections: cluster.max_peer_connections,
+            auth_timeout: Duration::from_secs(cluster.peer_auth_timeout_secs),
+        },
     })
 }

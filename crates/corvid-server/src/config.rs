@@ -541,6 +541,16 @@ pub struct Cluster {
     /// alone): a follower far behind is sent its entries in pieces of this size.
     #[serde(default = "default_max_append_bytes")]
     pub max_append_bytes: u64,
+    /// Connections the server-to-server listener holds open at once (at least twice the
+    /// number of members). Each server keeps one to each other server; `corvid cluster`
+    /// opens one while it runs. A connection past the limit closes the oldest one that has
+    /// not yet made a call with the cluster's id and secret, or is closed itself.
+    #[serde(default = "default_max_peer_connections")]
+    pub max_peer_connections: usize,
+    /// Seconds a connection to the server-to-server listener may stay open before its first
+    /// call with the cluster's id and secret (1 to 300); then it is closed.
+    #[serde(default = "default_peer_auth_timeout_secs")]
+    pub peer_auth_timeout_secs: u64,
     /// The servers, 1 to 7 of them.
     pub members: Vec<ClusterMember>,
     /// Which member this server is: set by `corvid serve --id`, never in the file.
@@ -597,6 +607,14 @@ fn default_election_timeout_max_ms() -> u64 {
 }
 fn default_max_append_bytes() -> u64 {
     corvid_raft::DEFAULT_MAX_APPEND_BYTES
+}
+fn default_max_peer_connections() -> usize {
+    corvid_raft::network::listener::ListenerLimits::default().max_connections
+}
+fn default_peer_auth_timeout_secs() -> u64 {
+    corvid_raft::network::listener::ListenerLimits::default()
+        .auth_timeout
+        .as_secs()
 }
 
 impl ClusterMember {
@@ -717,6 +735,15 @@ impl Cluster {
         }
         if !(65_536..=8 << 20).contains(&self.max_append_bytes) {
             return fail("cluster.max_append_bytes must be 65536 to 8388608".into());
+        }
+        if !(2 * self.members.len()..=65_536).contains(&self.max_peer_connections) {
+            return fail(format!(
+                "cluster.max_peer_connections must be {} (twice the members) to 65536",
+                2 * self.members.len()
+            ));
+        }
+        if !(1..=300).contains(&self.peer_auth_timeout_secs) {
+            return fail("cluster.peer_auth_timeout_secs must be 1 to 300".into());
         }
         match self.serve_as {
             None => fail("a [cluster] server is started with --id N (which member it is)".into()),
@@ -1056,6 +1083,20 @@ wire = "127.0.0.1:7074"
             (
                 CLUSTER.replace("name = \"example\"", "name = \"x\"\nheartbeat_ms = 500"),
                 "timing",
+            ),
+            (
+                CLUSTER.replace(
+                    "name = \"example\"",
+                    "name = \"x\"\nmax_peer_connections = 5",
+                ),
+                "max_peer_connections must be 6",
+            ),
+            (
+                CLUSTER.replace(
+                    "name = \"example\"",
+                    "name = \"x\"\npeer_auth_timeout_secs = 0",
+                ),
+                "peer_auth_timeout_secs",
             ),
         ];
         for (text, reason) in cases {

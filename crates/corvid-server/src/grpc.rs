@@ -12,11 +12,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -31,7 +29,8 @@ use corvid_grpc::pb::chat_server::{Chat, ChatServer};
 use corvid_grpc::status::to_status;
 
 use crate::admission::{
-    proves_session, Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol,
+    proves_session, Admission, CompanionIo, Connection, ConnectionState, Frontend, Protocol,
+    StreamCompanion,
 };
 use crate::config::Limits;
 use crate::service::{Origin, Service};
@@ -67,62 +66,21 @@ pub struct ConnectionInfo {
 }
 
 /// An admitted connection as tonic gets it: its stream keeps its deadlines and slot.
-pub struct GrpcConnection {
-    io: ConnectionIo,
-    info: ConnectionInfo,
-}
+pub type IncomingConnection = CompanionIo<ConnectionInfo>;
 
-impl Connected for GrpcConnection {
+impl StreamCompanion for ConnectionInfo {}
+
+impl Connected for IncomingConnection {
     type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> ConnectionInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for GrpcConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for GrpcConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.companion.clone()
     }
 }
 
 /// Hands the connections the front door admits to the HTTP/2 server.
 struct Handoff {
-    accepted: mpsc::Sender<io::Result<GrpcConnection>>,
+    accepted: mpsc::Sender<io::Result<IncomingConnection>>,
 }
 
 impl Frontend for Handoff {
@@ -133,14 +91,14 @@ impl Frontend for Handoff {
     };
 
     async fn serve(self: Arc<Self>, connection: Connection) {
-        let connection = GrpcConnection {
-            io: connection.io,
-            info: ConnectionInfo {
+        let connection = IncomingConnection::new(
+            connection.io,
+            ConnectionInfo {
                 limiter: connection.limiter,
                 state: connection.state,
                 peer: connection.peer,
             },
-        };
+        );
         // The server stopped taking connections: this one closes as it is dropped.
         let _ = self.accepted.send(Ok(connection)).await;
     }
@@ -157,7 +115,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let limits = admission.limits().clone();
-    let (accepted, mut incoming) = mpsc::channel::<io::Result<GrpcConnection>>(ACCEPT_QUEUE);
+    let (accepted, mut incoming) = mpsc::channel::<io::Result<IncomingConnection>>(ACCEPT_QUEUE);
     let accepting = admission.serve(listener, tls, Arc::new(Handoff { accepted }));
     let request_limits = limits.clone();
     let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx))

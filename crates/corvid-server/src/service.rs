@@ -117,7 +117,7 @@ impl Service {
         protocol: &'static str,
         token: Token,
         from: SubscribeFrom,
-    ) -> Result<Subscription, ApiError> {
+    ) -> Result<SessionEvents, ApiError> {
         let started = Instant::now();
         let result = self.subscribe(token, from).await;
         let metrics = &self.config.metrics;
@@ -415,7 +415,7 @@ impl Service {
         self: &Arc<Self>,
         token: Token,
         from: SubscribeFrom,
-    ) -> Result<Subscription, ApiError> {
+    ) -> Result<SessionEvents, ApiError> {
         let session = token.session_key();
         let now = now();
         let (account, username) = self
@@ -457,7 +457,7 @@ impl Service {
                 last_id,
             ),
         };
-        Ok(Subscription {
+        Ok(SessionEvents {
             service: self.clone(),
             account,
             session,
@@ -503,7 +503,7 @@ impl Service {
 }
 
 /// A live stream of events for one session.
-pub struct Subscription {
+pub struct SessionEvents {
     service: Arc<Service>,
     account: AccountId,
     session: SessionKey,
@@ -527,7 +527,7 @@ pub struct Subscription {
     ended: bool,
 }
 
-impl Subscription {
+impl SessionEvents {
     /// The newest inbox message id when the subscription started.
     pub fn last_id(&self) -> MessageId {
         self.last_id
@@ -634,7 +634,7 @@ impl Subscription {
     }
 }
 
-impl Subscription {
+impl SessionEvents {
     /// After an installed snapshot replaced the state, messages may have arrived that were
     /// never pushed: replays the inbox after the last message this subscription sent, up to
     /// the newest now, and skips live messages up to there, exactly as a new subscription

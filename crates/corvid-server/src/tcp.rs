@@ -30,18 +30,18 @@ use corvid_wire::{
 };
 
 use crate::admission::{
-    proves_session, Admission, Connection, ConnectionIo, ConnectionState, Frontend, Protocol,
-    Transport,
+    proves_session, Admission, Connection, ConnectionIo, ConnectionState, ConnectionStream,
+    Frontend, Protocol,
 };
 use crate::config::Limits;
-use crate::service::{Service, Subscription};
+use crate::service::{Service, SessionEvents};
 
 /// What serving one request produced, in the order the requests came.
 enum Reply {
     Frame(Frame),
     Subscribed {
         id: u32,
-        subscription: Box<Subscription>,
+        subscription: Box<SessionEvents>,
     },
     /// A subscribe that failed: its error frame.
     SubscribeRefused(Frame),
@@ -105,7 +105,7 @@ impl Frontend for WireFrontend {
         }
     }
 
-    async fn refuse(self: Arc<Self>, stream: Transport) {
+    async fn refuse(self: Arc<Self>, stream: ConnectionStream) {
         // docs/protocol.md: the client's hello is answered, then the error frame says why
         // the connection closes.
         let _ = refuse(stream, &self.limits).await;
@@ -138,7 +138,7 @@ where
 }
 
 /// Tells a connection with no slot that the server is full, then closes it.
-async fn refuse(mut stream: Transport, limits: &Limits) -> Result<(), ConnectionError> {
+async fn refuse(mut stream: ConnectionStream, limits: &Limits) -> Result<(), ConnectionError> {
     let Some(version) = hello(&mut stream).await? else {
         return Ok(());
     };
@@ -176,7 +176,7 @@ async fn serve_connection(
 
     let frame_timeout = Duration::from_secs(limits.frame_timeout_secs);
     let mut pending: FuturesOrdered<PendingReply> = FuturesOrdered::new();
-    let mut subscription: Option<Box<Subscription>> = None;
+    let mut subscription: Option<Box<SessionEvents>> = None;
     // A subscribe is being served (read, not yet answered).
     let mut subscribing = false;
     let mut reading = true;
@@ -312,7 +312,7 @@ fn next_frame<'a>(
 }
 
 /// The next event of the subscription; pending forever without one, so `select!` skips it.
-async fn next_event(subscription: &mut Option<Box<Subscription>>) -> Option<corvid_core::Event> {
+async fn next_event(subscription: &mut Option<Box<SessionEvents>>) -> Option<corvid_core::Event> {
     match subscription {
         Some(subscription) => subscription.next().await,
         None => std::future::pending().await,
@@ -323,7 +323,7 @@ async fn next_event(subscription: &mut Option<Box<Subscription>>) -> Option<corv
 async fn write_reply<W>(
     reply: Reply,
     output: &mut FramedWrite<W, WireCodec>,
-    subscription: &mut Option<Box<Subscription>>,
+    subscription: &mut Option<Box<SessionEvents>>,
     state: &ConnectionState,
 ) -> Result<bool, ConnectionError>
 where

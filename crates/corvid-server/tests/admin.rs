@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use corvid_client::{Client, ClientConfig, Transport};
+use corvid_client::{Client, ClientConfig, Protocol};
 use corvid_core::{Event, PatternSyntax};
 use corvid_server::admin::{self, AdminState, Status};
 use corvid_server::metrics::Metrics;
@@ -64,7 +64,7 @@ async fn metrics(addr: SocketAddr) -> String {
     text
 }
 
-async fn client(addr: SocketAddr, transport: Transport) -> Client {
+async fn client(addr: SocketAddr, transport: Protocol) -> Client {
     let mut config = ClientConfig::new(&[addr.to_string()]);
     config.transport = transport;
     Client::connect_with(config).await.unwrap()
@@ -105,8 +105,8 @@ async fn a_chat_moves_exactly_its_counters_and_promtool_accepts_the_exposition()
         .await
         .unwrap();
     let admin = server.admin_addr().expect("the admin listener is on");
-    let wire = client(server.wire_addr(), Transport::Wire).await;
-    let grpc = client(server.grpc_addr().unwrap(), Transport::Grpc).await;
+    let wire = client(server.wire_addr(), Protocol::Wire).await;
+    let grpc = client(server.grpc_addr().unwrap(), Protocol::Grpc).await;
     wire.create_account("alice", "Alice", PASSWORD)
         .await
         .unwrap();
@@ -268,7 +268,7 @@ async fn the_dashboard_queries_only_metrics_the_server_exports() {
     let server = corvid_server::start(Config::ephemeral(dir.path()))
         .await
         .unwrap();
-    let wire = client(server.wire_addr(), Transport::Wire).await;
+    let wire = client(server.wire_addr(), Protocol::Wire).await;
     wire.create_account("alice", "Alice", PASSWORD)
         .await
         .unwrap();
@@ -288,7 +288,7 @@ async fn with_the_admin_listener_off_nothing_listens_for_it() {
     config.admin_listen = None;
     let server = corvid_server::start(config).await.unwrap();
     assert_eq!(server.admin_addr(), None);
-    let wire = client(server.wire_addr(), Transport::Wire).await;
+    let wire = client(server.wire_addr(), Protocol::Wire).await;
     wire.ping().await.unwrap();
     assert_eq!(server.service().metrics().messages_sent_total(), 0);
     drop(wire);

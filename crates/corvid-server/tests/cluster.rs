@@ -1,6 +1,7 @@
 //! Three real servers (`corvid_server::start`) of one cluster over loopback TCP: any server
 //! serves every operation, pushes cross servers, the cluster goes on when its leader
-//! stops, presence is cluster-wide, and a peer without the secret is refused.
+//! stops, presence is cluster-wide, a peer without the secret is refused, and a flood of
+//! connections to the server-to-server port is bounded.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ impl Servers {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             max_append_bytes: 1 << 20,
+            max_peer_connections: 64,
+            peer_auth_timeout_secs: 10,
             members,
             serve_as: None,
             join: false,
@@ -256,5 +259,170 @@ async fn a_peer_without_the_secret_is_refused() {
             other => panic!("not refused: {other:?}"),
         }
     }
+    servers.shutdown().await;
+}
+
+/// Whether the server still holds this connection open: reading finds no end of stream.
+fn is_open(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buffer = [0; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Opens `count` connections to `address` that never say a word.
+fn flood(address: SocketAddr, count: usize) -> Vec<std::net::TcpStream> {
+    (0..count)
+        .map(|_| {
+            let stream = std::net::TcpStream::connect(address).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            stream
+        })
+        .collect()
+}
+
+/// How many of `streams` the server still holds open.
+fn open_count(streams: &mut [std::net::TcpStream]) -> usize {
+    streams.iter_mut().map(is_open).filter(|open| *open).count()
+}
+
+/// Anyone can connect to the server-to-server port: a flood of connections that never
+/// authenticate holds at most `max_peer_connections` of them open, while the cluster goes
+/// on serving (a write through a follower is forwarded to the leader) and a new caller
+/// with the cluster's id gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_to_the_peer_port_is_bounded_and_the_cluster_serves() {
+    const LIMIT: usize = 8;
+    const FLOOD: usize = 40;
+    let mut servers = Servers::new(3, None);
+    servers.cluster.max_peer_connections = LIMIT;
+    // Long enough that only the connection limit can close the flood during the test.
+    servers.cluster.peer_auth_timeout_secs = 300;
+    for id in 1..=3 {
+        servers.start(id).await;
+    }
+    servers.ready().await;
+    let leader = servers.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let (alice, alice_token) = registered(&servers.wire(follower), "alice").await;
+    let (_bob, _) = registered(&servers.wire(leader), "bob").await;
+
+    let peer_addresses: BTreeMap<u64, SocketAddr> = servers
+        .servers
+        .iter()
+        .map(|(id, server)| (*id, server.peer_addr().unwrap()))
+        .collect();
+    let mut floods: BTreeMap<u64, Vec<std::net::TcpStream>> = peer_addresses
+        .iter()
+        .map(|(id, address)| (*id, flood(*address, FLOOD)))
+        .collect();
+
+    // With every slot taken by the flood, a caller with the cluster's id gets in, and a
+    // write through a follower is forwarded to the leader and acknowledged.
+    let links = Peers::new(
+        GrpcLinks::new(PeerAuth::new(servers.cluster.id(), None)),
+        BTreeMap::new(),
+    );
+    for (id, address) in &peer_addresses {
+        let status: NodeStatus = links
+            .call(*id, &address.to_string(), PeerCall::Status, &(), DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("server {id} refused a peer during the flood: {e}"));
+        assert_eq!(status.leader, Some(leader));
+    }
+    alice
+        .send(alice_token, "bob", "through the flood", 1)
+        .await
+        .unwrap();
+
+    // Each server holds at most its limit of the flood: the rest were closed.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let open: BTreeMap<u64, usize> = floods
+            .iter_mut()
+            .map(|(id, flood)| (*id, open_count(flood)))
+            .collect();
+        if open.values().all(|n| *n <= LIMIT) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "more than {LIMIT} unauthenticated connections held open: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice
+        .send(alice_token, "bob", "after the flood", 2)
+        .await
+        .unwrap();
+    servers.shutdown().await;
+}
+
+/// A connection to the server-to-server port that makes no call with the cluster's id
+/// within `peer_auth_timeout_secs` is closed; one that did stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_connection_that_does_not_authenticate_is_closed_after_the_deadline() {
+    let mut servers = Servers::new(1, None);
+    servers.cluster.peer_auth_timeout_secs = 1;
+    servers.start(1).await;
+    servers.ready().await;
+    let address = servers.servers[&1].peer_addr().unwrap();
+    let links = Peers::new(
+        GrpcLinks::new(PeerAuth::new(servers.cluster.id(), None)),
+        BTreeMap::new(),
+    );
+    let target = address.to_string();
+    let ask = || links.call::<_, NodeStatus>(1, &target, PeerCall::Status, &(), DEADLINE);
+    ask().await.unwrap();
+    let mut silent = flood(address, 4);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while open_count(&mut silent) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a connection that never authenticated is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ask().await.unwrap();
+    servers.shutdown().await;
+}
+
+/// A call to the server-to-server port without the cluster's id is refused from its
+/// headers: the server answers it while its body is still unfinished, so an
+/// unauthenticated client makes it read and hold no request body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_peer_call_is_refused_before_its_body_is_read() {
+    let mut servers = Servers::new(1, None);
+    servers.start(1).await;
+    servers.ready().await;
+    let address = servers.servers[&1].peer_addr().unwrap();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}/corvid.peer.v1.Peer/Status"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    // A gRPC message header announcing a megabyte, and then nothing: the body never ends.
+    let mut start = vec![0];
+    start.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    body.send_data(start.into(), false).unwrap();
+    let response = tokio::time::timeout(DEADLINE / 4, response)
+        .await
+        .expect("an answer while the body is unfinished")
+        .unwrap();
+    let status = tonic::Status::from_header_map(response.headers()).expect("a grpc-status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     servers.shutdown().await;
 }

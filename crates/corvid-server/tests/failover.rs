@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use corvid_client::{Client, ClientConfig, Transport};
+use corvid_client::{Client, ClientConfig, Protocol};
 use corvid_core::{Event, MessageId};
 use corvid_server::{Config, RunningServer};
 
@@ -16,10 +16,10 @@ async fn start(config: Config) -> RunningServer {
 }
 
 /// A client that keeps retrying for as long as a restart takes.
-async fn client(server: &RunningServer, transport: Transport) -> Client {
+async fn client(server: &RunningServer, transport: Protocol) -> Client {
     let address = match transport {
-        Transport::Wire => server.wire_addr(),
-        Transport::Grpc => server.grpc_addr().expect("gRPC listens"),
+        Protocol::Wire => server.wire_addr(),
+        Protocol::Grpc => server.grpc_addr().expect("gRPC listens"),
     };
     let mut config = ClientConfig::new(&[address.to_string()]);
     config.transport = transport;
@@ -42,7 +42,7 @@ async fn next_text(events: &mut corvid_client::Events) -> (MessageId, String) {
     }
 }
 
-async fn a_restart_loses_no_session_no_message_and_repeats_none(transport: Transport) {
+async fn a_restart_loses_no_session_no_message_and_repeats_none(transport: Protocol) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(Config::ephemeral(dir.path())).await;
     let (wire_addr, grpc_addr) = (server.wire_addr(), server.grpc_addr());
@@ -102,10 +102,10 @@ async fn a_restart_loses_no_session_no_message_and_repeats_none(transport: Trans
 
 #[tokio::test]
 async fn a_restart_loses_no_session_no_message_and_repeats_none_over_wire() {
-    a_restart_loses_no_session_no_message_and_repeats_none(Transport::Wire).await;
+    a_restart_loses_no_session_no_message_and_repeats_none(Protocol::Wire).await;
 }
 
 #[tokio::test]
 async fn a_restart_loses_no_session_no_message_and_repeats_none_over_grpc() {
-    a_restart_loses_no_session_no_message_and_repeats_none(Transport::Grpc).await;
+    a_restart_loses_no_session_no_message_and_repeats_none(Protocol::Grpc).await;
 }

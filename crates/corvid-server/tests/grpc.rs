@@ -2,44 +2,32 @@
 //! tonic client: the chat flow, error statuses and their metadata, malformed fields,
 //! limits, reflection, and messages crossing between gRPC and the binary protocol.
 
+mod common;
+
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Streaming};
 
 use corvid_client::Client;
 use corvid_core::{ErrorCode, Event, MessageId};
 use corvid_grpc::pb::chat_client::ChatClient;
 use corvid_grpc::pb::subscribe_event::Event as PbEvent;
 use corvid_grpc::{pb, status};
-use corvid_server::{Config, RunningServer};
+use corvid_server::RunningServer;
 
-const PASSWORD: &str = "correct horse battery";
+use common::{closed_by_server, corvid_code, eventually, start, PASSWORD};
+
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config::ephemeral(dir);
-    tune(&mut config);
-    corvid_server::start(config).await.expect("server starts")
-}
 
 async fn connect(server: &RunningServer) -> ChatClient<Channel> {
     let address = server.grpc_addr().expect("gRPC is on");
     ChatClient::connect(format!("http://{address}"))
         .await
         .expect("gRPC connects")
-}
-
-/// The Corvid code a failed call carries, checked against its gRPC code.
-fn corvid_code<T: std::fmt::Debug>(result: Result<T, Status>) -> ErrorCode {
-    let status = result.expect_err("an error");
-    let error =
-        status::from_status(&status).unwrap_or_else(|| panic!("no Corvid error in {status:?}"));
-    assert_eq!(status.code(), status::grpc_code(error.code), "{status:?}");
-    error.code
 }
 
 async fn register(chat: &mut ChatClient<Channel>, name: &str) {
@@ -414,30 +402,6 @@ async fn a_connection_over_its_rate_is_refused_and_one_beyond_the_connection_lim
         .unwrap();
     closed_by_server(&mut second).await;
     server.shutdown().await.unwrap();
-}
-
-/// Reads until the server closes the connection; fails the test if it stays open.
-async fn closed_by_server(stream: &mut TcpStream) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => continue,
-            Err(_) => panic!("the connection is still open"),
-        }
-    }
-}
-
-/// Polls `done` until it holds, failing the test after `WAIT`.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! answers never read, unfinished bodies, many streams, requests no handler sees, and
 //! streams the server must reset.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,27 +21,15 @@ use tonic::{Code, Status};
 use corvid_core::ErrorCode;
 use corvid_grpc::pb::chat_client::ChatClient;
 use corvid_grpc::{pb, status};
-use corvid_server::{Config, RunningServer};
+use corvid_server::RunningServer;
+
+use common::{eventually, start, status_code};
 
 /// How long a test waits for something that must happen; never reached when it works.
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config::ephemeral(dir);
-    tune(&mut config);
-    corvid_server::start(config).await.expect("server starts")
-}
-
 fn address(server: &RunningServer) -> SocketAddr {
     server.grpc_addr().expect("gRPC is on")
-}
-
-/// The Corvid code a failed call carries, checked against its gRPC code.
-fn corvid_code(status: &Status) -> ErrorCode {
-    let error =
-        status::from_status(status).unwrap_or_else(|| panic!("no Corvid error in {status:?}"));
-    assert_eq!(status.code(), status::grpc_code(error.code), "{status:?}");
-    error.code
 }
 
 /// One gRPC message: uncompressed flag, big-endian length, the bytes.
@@ -116,18 +106,6 @@ fn status_with_metadata(headers: &http::HeaderMap) -> Status {
     )
 }
 
-/// Polls `condition` until it holds, failing the test at the deadline.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_client_that_takes_no_answer_is_disconnected_after_the_write_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,7 +170,7 @@ async fn a_request_body_that_never_finishes_fails_after_the_body_timeout() {
         .expect("an answer in time")
         .unwrap();
     let status = status_with_metadata(response.headers());
-    assert_eq!(corvid_code(&status), ErrorCode::Malformed);
+    assert_eq!(status_code(&status), ErrorCode::Malformed);
     server.shutdown().await.unwrap();
 }
 
@@ -219,7 +197,7 @@ async fn undecodable_and_reflection_requests_count_against_the_rate_limit() {
         let status = raw_call(&mut send, address, "/corvid.v1.Chat/Ping", undecodable)
             .await
             .expect("an error");
-        codes.push(corvid_code(&status));
+        codes.push(status_code(&status));
     }
     assert!(codes.contains(&ErrorCode::RateLimited), "{codes:?}");
     drop(send);
@@ -252,7 +230,7 @@ async fn undecodable_and_reflection_requests_count_against_the_rate_limit() {
         }
         // The first connection may still hold the only slot while it closes; then
         // every request is refused with `too_many_connections`: try again.
-        let codes: Vec<_> = statuses.iter().map(corvid_code).collect();
+        let codes: Vec<_> = statuses.iter().map(status_code).collect();
         if codes.contains(&ErrorCode::TooManyConnections) {
             assert!(codes.iter().all(|c| *c == ErrorCode::TooManyConnections));
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -328,14 +306,14 @@ async fn oversize_and_undecodable_requests_get_corvid_errors_with_metadata() {
         })
         .await
         .expect_err("over the size limit");
-    assert_eq!(corvid_code(&oversize), ErrorCode::FrameTooLarge);
+    assert_eq!(status_code(&oversize), ErrorCode::FrameTooLarge);
 
     let (mut send, _closed) = raw_connection(address, h2::client::Builder::new()).await;
     let undecodable = grpc_frame(&[0xff, 0xff, 0xff]);
     let status = raw_call(&mut send, address, "/corvid.v1.Chat/Ping", undecodable)
         .await
         .expect("an error");
-    assert_eq!(corvid_code(&status), ErrorCode::Malformed);
+    assert_eq!(status_code(&status), ErrorCode::Malformed);
     server.shutdown().await.unwrap();
 }
 

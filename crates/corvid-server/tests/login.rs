@@ -3,6 +3,8 @@
 //! the real user still logs in from an address that has not been failing. Clients bind to
 //! different loopback addresses (127.0.0.1, 127.0.0.2) to come from different places.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,21 +13,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
 
-use corvid_client::{Client, ClientConfig, Transport};
+use corvid_client::{Client, ClientConfig, Protocol};
 use corvid_core::{ApiError, ErrorCode, Request, Response};
 use corvid_server::{Config, RunningServer};
 use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, WireCodec, HELLO_LEN};
 
-const PASSWORD: &str = "correct horse battery";
+use common::PASSWORD;
+
 const WRONG: &str = "wrong horse battery";
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A server whose per-connection rate limit is lifted: the floods here are of logins.
 async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config::ephemeral(dir);
-    config.limits.requests_per_second = 1_000_000;
-    config.limits.request_burst = 1_000_000;
-    tune(&mut config);
-    corvid_server::start(config).await.expect("server starts")
+    common::start(dir, |config| {
+        config.limits.requests_per_second = 1_000_000;
+        config.limits.request_burst = 1_000_000;
+        tune(config);
+    })
+    .await
 }
 
 /// A raw binary-protocol connection from a chosen local address.
@@ -158,7 +163,7 @@ async fn a_login_flood_is_throttled_and_the_user_still_logs_in_from_a_clean_addr
     // ...and so is gRPC from that address: its frontend passes the peer's address on.
     let grpc = server.grpc_addr().unwrap().to_string();
     let mut config = ClientConfig::new(&[grpc]);
-    config.transport = Transport::Grpc;
+    config.transport = Protocol::Grpc;
     let grpc_client = Client::connect_with(config).await.unwrap();
     let refused = grpc_client.login("alice", WRONG).await.unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::TooManyAttempts));

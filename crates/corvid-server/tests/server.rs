@@ -1,6 +1,8 @@
 //! The server in-process over real loopback sockets, spoken to in raw protocol frames:
 //! chat flows, push, resume, pipelining, limits and bad input.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,17 +16,12 @@ use corvid_core::{
     ApiError, EndReason, ErrorCode, Event, MessageId, PatternSyntax, ReceiptStatus, Request,
     Response, SubscribeFrom, Token,
 };
-use corvid_server::{Config, RunningServer};
+use corvid_server::RunningServer;
 use corvid_wire::{ClientHello, Frame, HelloStatus, ServerHello, WireCodec, HELLO_LEN};
 
-const PASSWORD: &str = "correct horse battery";
-const WAIT: Duration = Duration::from_secs(10);
+use common::{closed_by_server, eventually, start, PASSWORD};
 
-async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config::ephemeral(dir);
-    tune(&mut config);
-    corvid_server::start(config).await.expect("server starts")
-}
+const WAIT: Duration = Duration::from_secs(10);
 
 /// A raw protocol connection.
 struct Conn {
@@ -883,30 +880,6 @@ async fn rate_and_connection_limits_apply_per_connection() {
     };
     assert_eq!(error.code, ErrorCode::TooManyConnections);
     server.shutdown().await.unwrap();
-}
-
-/// Polls `done` until it holds, failing the test after `WAIT`.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Reads until the server closes the connection; fails the test if it stays open.
-async fn closed_by_server(stream: &mut TcpStream) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => continue,
-            Err(_) => panic!("the connection is still open"),
-        }
-    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use corvid_core::{
 };
 use corvid_raft::Node;
 use corvid_server::hub::{Hub, HubLimits};
-use corvid_server::service::{Service, ServiceConfig, Subscription};
+use corvid_server::service::{Service, ServiceConfig, SessionEvents};
 use corvid_server::Config;
 
 const PASSWORD: &str = "correct horse battery";
@@ -117,14 +117,14 @@ impl Harness {
     }
 }
 
-async fn next_event(subscription: &mut Subscription) -> Event {
+async fn next_event(subscription: &mut SessionEvents) -> Event {
     tokio::time::timeout(WAIT, subscription.next())
         .await
         .expect("an event in time")
         .expect("the stream goes on")
 }
 
-async fn next_message(subscription: &mut Subscription) -> String {
+async fn next_message(subscription: &mut SessionEvents) -> String {
     match next_event(subscription).await {
         Event::Message(message) => message.text,
         other => panic!("not a message: {other:?}"),
@@ -132,7 +132,7 @@ async fn next_message(subscription: &mut Subscription) -> String {
 }
 
 /// Nothing more is pushed within a short wait (the absence of a repeat).
-async fn nothing_more(subscription: &mut Subscription) {
+async fn nothing_more(subscription: &mut SessionEvents) {
     let next = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
     assert!(next.is_err(), "unexpected {next:?}");
 }

@@ -2,6 +2,8 @@
 //! (docs/web-api.md) spoken by a real WebSocket client, every operation and error, bad
 //! input and limits; a message crossing the three protocols; the page's files and headers.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,17 +17,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use corvid_client::{Client, ClientConfig, Transport};
-use corvid_server::{Config, RunningServer};
+use corvid_client::{Client, ClientConfig, Protocol};
+use corvid_server::RunningServer;
 
-const PASSWORD: &str = "correct horse battery";
+use common::{start, PASSWORD};
+
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> RunningServer {
-    let mut config = Config::ephemeral(dir);
-    tune(&mut config);
-    corvid_server::start(config).await.expect("server starts")
-}
 
 fn http_addr(server: &RunningServer) -> SocketAddr {
     server.http_addr().expect("HTTP is on")
@@ -571,7 +568,7 @@ async fn a_message_crosses_websocket_binary_protocol_and_grpc_and_back() {
     wire.create_account("wiry", "", PASSWORD).await.unwrap();
     let wire_token = wire.login("wiry", PASSWORD).await.unwrap().token;
     let grpc_config = ClientConfig {
-        transport: Transport::Grpc,
+        transport: Protocol::Grpc,
         ..ClientConfig::new(&[server.grpc_addr().unwrap().to_string()])
     };
     let grpc = Client::connect_with(grpc_config).await.unwrap();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use corvid_client::Transport;
+use corvid_client::Protocol;
 use corvid_core::validate::MAX_PAGE;
 
 const EXIT_CODES: &str = "\
@@ -71,11 +71,11 @@ pub enum TransportArg {
     Grpc,
 }
 
-impl From<TransportArg> for Transport {
-    fn from(transport: TransportArg) -> Transport {
+impl From<TransportArg> for Protocol {
+    fn from(transport: TransportArg) -> Protocol {
         match transport {
-            TransportArg::Wire => Transport::Wire,
-            TransportArg::Grpc => Transport::Grpc,
+            TransportArg::Wire => Protocol::Wire,
+            TransportArg::Grpc => Protocol::Grpc,
         }
     }
 }
@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(parse(&["read"]).unwrap().global.transport, None);
         let cli = parse(&["read", "--transport", "grpc"]).unwrap();
         assert_eq!(cli.global.transport, Some(TransportArg::Grpc));
-        assert_eq!(Transport::from(TransportArg::Grpc), Transport::Grpc);
+        assert_eq!(Protocol::from(TransportArg::Grpc), Protocol::Grpc);
         let cli = parse(&["--transport", "wire", "read"]).unwrap();
         assert_eq!(cli.global.transport, Some(TransportArg::Wire));
         assert!(parse(&["read", "--transport", "carrier-pigeon"]).is_err());
@@ -373,6 +373,50 @@ mod tests {
         assert_eq!(cli.global.tls_ca, Some(PathBuf::from("ca.pem")));
         assert_eq!(cli.global.tls_server_name.as_deref(), Some("chat.local"));
         assert!(parse(&["read", "--tls-server-name", "chat.local"]).is_err());
+    }
+
+    #[test]
+    fn cluster_takes_its_config_before_or_after_the_action() {
+        for args in [
+            ["cluster", "status", "--config", "c.toml"],
+            ["cluster", "--config", "c.toml", "status"],
+        ] {
+            let Command::Cluster(cluster) = parse(&args).unwrap().command else {
+                panic!("not cluster: {args:?}");
+            };
+            assert!(matches!(
+                cluster.action,
+                crate::cluster::ClusterAction::Status
+            ));
+            assert_eq!(
+                cluster.config_file().unwrap(),
+                std::path::Path::new("c.toml"),
+                "{args:?}"
+            );
+        }
+        let cli = parse(&["cluster", "remove", "4", "--config", "c.toml"]).unwrap();
+        let Command::Cluster(cluster) = cli.command else {
+            panic!("not cluster");
+        };
+        assert!(matches!(
+            cluster.action,
+            crate::cluster::ClusterAction::Remove { id: 4 }
+        ));
+        assert_eq!(cluster.config, Some(PathBuf::from("c.toml")));
+    }
+
+    #[test]
+    fn cluster_without_a_config_is_a_usage_error() {
+        let Command::Cluster(cluster) = parse(&["cluster", "status"]).unwrap().command else {
+            panic!("not cluster");
+        };
+        if std::env::var_os("CORVID_CONFIG").is_none() {
+            let error = cluster.config_file().unwrap_err();
+            assert!(
+                matches!(error, crate::error::CliError::Usage(_)),
+                "{error:?}"
+            );
+        }
     }
 
     #[test]

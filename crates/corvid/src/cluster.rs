@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -25,11 +25,22 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
-    /// The cluster's configuration file (its [cluster] section names the servers)
-    #[arg(long, env = "CORVID_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
+    /// The cluster's configuration file (its [cluster] section names the servers); before
+    /// or after the action. Required: clap cannot require a flag that is also global, so
+    /// `config_file` checks it.
+    #[arg(long, global = true, env = "CORVID_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub action: ClusterAction,
+}
+
+impl ClusterArgs {
+    /// The configuration file named by `--config` or `CORVID_CONFIG`.
+    pub fn config_file(&self) -> Result<&Path, CliError> {
+        self.config.as_deref().ok_or_else(|| {
+            CliError::usage("corvid cluster needs --config FILE (or CORVID_CONFIG=FILE)")
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,11 +82,12 @@ fn servers(cluster: &Cluster) -> BTreeMap<u64, String> {
 }
 
 pub async fn run(args: ClusterArgs) -> Result<(), CliError> {
-    let config = Config::from_file(&args.config).map_err(|e| failed(e.to_string()))?;
+    let path = args.config_file()?;
+    let config = Config::from_file(path).map_err(|e| failed(e.to_string()))?;
     let Some(cluster) = config.cluster else {
         return Err(failed(format!(
             "{} has no [cluster] section",
-            args.config.display()
+            path.display()
         )));
     };
     let secret = cluster.secret().map_err(|e| failed(e.to_string()))?;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use corvid_client::{
-    Client, ClientConfig, ClientError, LoggedIn, Subscription, TlsConfig, Transport,
+    Client, ClientConfig, ClientError, LoggedIn, Protocol, Subscription, TlsConfig,
 };
 use corvid_core::{ErrorCode, Event, MessageId, PatternSyntax, Token};
 use serde_json::{json, Value};
@@ -17,7 +17,7 @@ use crate::session::{self, Session};
 
 /// The servers a command talks to, the protocol, and TLS.
 pub(crate) struct Target {
-    pub(crate) transport: Transport,
+    pub(crate) transport: Protocol,
     pub(crate) servers: Vec<String>,
     pub(crate) tls_ca: Option<PathBuf>,
     pub(crate) tls_server_name: Option<String>,
@@ -46,7 +46,7 @@ impl Context {
         let transport = self
             .global
             .transport
-            .map(Transport::from)
+            .map(Protocol::from)
             .or_else(|| session.map(Session::transport))
             .unwrap_or_default();
         let servers = self

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use corvid_client::Transport;
+use corvid_client::Protocol;
 use corvid_core::{MessageId, Token};
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +35,7 @@ pub struct Session {
 impl Session {
     pub fn new(
         servers: Vec<String>,
-        transport: Transport,
+        transport: Protocol,
         username: String,
         token: Token,
     ) -> Session {
@@ -57,7 +57,7 @@ impl Session {
 
     /// The session's protocol; a file that names none, or one this build does not know,
     /// reads as the binary protocol.
-    pub fn transport(&self) -> Transport {
+    pub fn transport(&self) -> Protocol {
         self.transport
             .as_deref()
             .and_then(|name| name.parse().ok())
@@ -184,7 +184,7 @@ mod tests {
     fn sample() -> Session {
         let mut session = Session::new(
             vec!["127.0.0.1:7070".to_string(), "10.0.0.2:7070".to_string()],
-            Transport::Grpc,
+            Protocol::Grpc,
             "alice".to_string(),
             Token([0xab; 16]),
         );
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(json["username"], "alice");
         assert_eq!(json["last_seen"], 42);
         assert_eq!(json["transport"], "grpc");
-        assert_eq!(loaded.transport(), Transport::Grpc);
+        assert_eq!(loaded.transport(), Protocol::Grpc);
     }
 
     #[cfg(unix)]
@@ -258,7 +258,7 @@ mod tests {
         .unwrap();
         let session = load(&path).unwrap().unwrap();
         assert_eq!(session.last_seen, None);
-        assert_eq!(session.transport(), Transport::Wire);
+        assert_eq!(session.transport(), Protocol::Wire);
         assert!(session.token().is_some());
     }
 }

@@ -3,26 +3,11 @@
 #[macro_use]
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{stderr, Server, Transport, User};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON: {text:?}: {e}"))
-}
-
-/// Polls `users` until `who` shows as online (their `listen` has subscribed).
-fn wait_online(asker: &User, who: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let page = json(&asker.ok(&["--json", "users", who]));
-        if page["accounts"][0]["online"] == Value::Bool(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{who} never came online");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 over_both_transports!(
@@ -46,7 +31,7 @@ fn the_first_listen_shows_the_unread_messages_then_live_ones(transport: Transpor
     let listener = bob.listen();
     assert_eq!(listener.next()["text"], "before listen 1");
     assert_eq!(listener.next()["text"], "before listen 2");
-    wait_online(&alice, "bob");
+    alice.wait_online("bob");
     alice.ok(&["send", "bob", "live"]);
     assert_eq!(listener.next()["text"], "live");
     listener.stop();
@@ -87,7 +72,7 @@ fn two_users_chat_live_and_offline_and_listen_resumes_without_gaps_or_repeats(
 
     // Live: Bob listens and Alice's message is pushed at once.
     let listener = bob.listen();
-    wait_online(&alice, "bob");
+    alice.wait_online("bob");
     alice.ok(&["send", "bob", "are you there?"]);
     let pushed = listener.next();
     assert_eq!(
@@ -217,7 +202,7 @@ fn a_message_sent_over_one_protocol_is_pushed_to_a_listener_on_the_other() {
 
     // gRPC → binary protocol.
     let bobs = bob.listen();
-    wait_online(&alice, "bob");
+    alice.wait_online("bob");
     alice.ok(&["send", "bob", "sent over grpc"]);
     let pushed = bobs.next();
     assert_eq!(
@@ -228,7 +213,7 @@ fn a_message_sent_over_one_protocol_is_pushed_to_a_listener_on_the_other() {
 
     // Binary protocol → gRPC (a receipt for Alice's own message may come first).
     let alices = alice.listen();
-    wait_online(&bob, "alice");
+    bob.wait_online("alice");
     bob.ok(&["send", "alice", "sent over the wire"]);
     let pushed = loop {
         let line = alices.next();

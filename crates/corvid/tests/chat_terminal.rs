@@ -8,9 +8,8 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Server, Transport, User, PASSWORD};
@@ -371,81 +370,14 @@ fn chat_starts_from_a_saved_tls_session_and_q_quits(transport: Transport) {
     assert!(!tmux.alternate_screen());
 }
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `corvid serve` on fixed ports, so that a restart comes back where clients look; killed
-/// when dropped.
-struct FixedServer(Child);
-
-impl FixedServer {
-    fn start(data: &Path, wire: u16, grpc: u16) -> FixedServer {
-        let mut child = common::corvid()
-            .args(["serve", "--data"])
-            .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{wire}")])
-            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-            .args([
-                "--http-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let ready = rx.recv_timeout(Duration::from_secs(60));
-        assert!(ready.is_ok(), "the server did not start on {wire}/{grpc}");
-        FixedServer(child)
-    }
-}
-
-impl Drop for FixedServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn chat_says_when_it_is_offline_and_resumes_with_nothing_missed_or_doubled(transport: Transport) {
     if !Tmux::available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (wire, grpc) = (free_port(), free_port());
-    let server = FixedServer::start(&data, wire, grpc);
-    let address = match transport {
-        Transport::Wire => format!("127.0.0.1:{wire}"),
-        Transport::Grpc => format!("127.0.0.1:{grpc}"),
-    };
-    let user = |name: &str| {
-        let mut session = dir.path().join(name);
-        session.set_extension("session.json");
-        User {
-            name: name.to_string(),
-            session,
-            server: address.clone(),
-            transport,
-            tls_ca: None,
-        }
-    };
+    let mut server = Server::start(&data);
+    let user = |name: &str| User::new(dir.path(), name, &server, transport);
     let (alice, bob) = (user("alice"), user("bob"));
     alice.register();
     bob.register();
@@ -469,13 +401,13 @@ fn chat_says_when_it_is_offline_and_resumes_with_nothing_missed_or_doubled(trans
     tmux.wait_for("bob: before the restart");
 
     // The server goes away: the chat says so, and keeps what it shows.
-    drop(server);
+    server.kill();
     let screen = tmux.wait_for("offline");
     assert!(screen.contains("bob: before the restart"), "{screen}");
 
     // Back on the same ports with the same data; a message sent meanwhile arrives once,
     // and what was shown before is not repeated.
-    let _server = FixedServer::start(&data, wire, grpc);
+    let _server = Server::start_again(&data, &server);
     bob.ok(&["send", "alice", "sent while alice was away"]);
     let screen = tmux.wait_for("bob: sent while alice was away");
     assert_eq!(screen.matches("before the restart").count(), 1, "{screen}");

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster::{eventually, text, ProcessCluster, Record, Running};
+use cluster::{eventually, one_cluster, text, ProcessCluster, Record};
 use common::{Transport, PASSWORD};
 use corvid_client::{Client, ClientConfig};
 use corvid_core::{Event, Message, MessageId, Token};
@@ -31,16 +31,6 @@ const SERVERS: usize = 5;
 const SENDERS: usize = 4;
 const RECIPIENTS: usize = 2;
 const DEFAULT_ROUNDS: usize = 20;
-
-/// One cluster at a time: two clusters of five processes on two cores would measure the
-/// machine, and their free ports could collide.
-static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
-    ONE_CLUSTER
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -70,34 +60,6 @@ fn recipient_name(i: usize) -> String {
 /// The client id of a sender's message: the same for every retry of it.
 fn client_id(sender: usize, seq: u64) -> u64 {
     ((sender as u64 + 1) << 40) | seq
-}
-
-/// Which server leads now, as `corvid cluster status` run against an up server says
-/// (its first line is `leader N (term T), voters [...]`).
-fn leader(cluster: &ProcessCluster) -> Option<usize> {
-    let via = (0..cluster.len()).find(|i| cluster.state(*i) == Running::Up)?;
-    let output = cluster.status(via);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let id: usize = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("leader "))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    id.checked_sub(1)
-}
-
-/// Waits until a leader is known and every server is up and reports it.
-async fn wait_for_leader(cluster: &ProcessCluster) -> usize {
-    let mut found = None;
-    let ok = eventually(Duration::from_secs(20), || {
-        found = leader(cluster);
-        found.is_some()
-    })
-    .await;
-    assert!(ok, "no leader within 20 s");
-    found.unwrap()
 }
 
 /// Every message stored for `recipient`, oldest first, read from its conversation with each
@@ -222,7 +184,7 @@ async fn run_faults(rounds: usize, seed: u64) {
     }
 
     for round in 0..rounds {
-        let leader = wait_for_leader(&cluster).await;
+        let leader = cluster.wait_for_leader().await;
         let fault = rng.gen_range(0..6);
         let hold = Duration::from_millis(rng.gen_range(500..2000));
         let others: Vec<usize> = (0..SERVERS).filter(|i| *i != leader).collect();
@@ -336,7 +298,7 @@ async fn cut_off_leader() {
     for name in ["alice", "bob"] {
         setup.create_account(name, "", PASSWORD).await.unwrap();
     }
-    let leader = wait_for_leader(&cluster).await;
+    let leader = cluster.wait_for_leader().await;
     let follower = (leader + 1) % SERVERS;
 
     // A client that talks only to the old leader, and gives up quickly.

@@ -37,7 +37,7 @@ pub struct Common {
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The protocol the load uses.
-    pub transport: crate::Transport,
+    pub transport: crate::ProtocolArg,
 }
 
 /// Who a sender sends to.

@@ -14,9 +14,11 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::listener::{self, ConnectionState, ListenerLimits};
 use super::{LinkError, Links, MAX_MESSAGE_BYTES};
 use crate::peer::{PeerCall, PeerService};
 
@@ -34,6 +36,18 @@ const CLUSTER_ID_KEY: &str = "corvid-cluster-id";
 const SECRET_KEY: &str = "corvid-cluster-secret-bin";
 /// Calls one connection to the server-to-server listener may have served at once.
 const PEER_CALLS_PER_CONNECTION: usize = 256;
+/// Header bytes of one call: the cluster id, the secret and gRPC's own fit many times over.
+const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// Request bytes a connection may send that no call has read yet (HTTP/2 flow control);
+/// hyper's default, stated here because it bounds what an unauthenticated client holds.
+const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+/// How often the listener pings a connection's other end, and how long it waits for the
+/// answer before it closes the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a connection may reset by sending bad frames before it is closed (GOAWAY);
+/// hyper's own default, which tonic leaves unset (no limit).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The first pause after a failed call to a peer; it doubles with each further failure.
@@ -228,10 +242,9 @@ impl Links for GrpcLinks {
     }
 }
 
-/// The gRPC face of a [`PeerService`].
+/// The gRPC face of a [`PeerService`]; its calls were authenticated before they got here.
 struct GrpcPeer {
     service: Arc<PeerService>,
-    auth: PeerAuth,
 }
 
 impl GrpcPeer {
@@ -240,7 +253,6 @@ impl GrpcPeer {
         call: PeerCall,
         request: Request<Body>,
     ) -> Result<Response<Body>, Status> {
-        self.auth.check(request.metadata())?;
         let body = request.into_inner().data;
         match self.service.handle(call, &body).await {
             Ok(data) => Ok(Response::new(Body { data })),
@@ -277,21 +289,45 @@ impl Peer for GrpcPeer {
     }
 }
 
-/// Serves `service` to the other servers on `listener` until `shutdown`.
+/// Serves `service` to the other servers on `listener` until `shutdown`, holding the
+/// connections of unauthenticated clients to `limits` (see [`super::listener`]).
 pub async fn serve(
     listener: TcpListener,
     service: Arc<PeerService>,
     auth: PeerAuth,
+    limits: ListenerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let peer = PeerServer::new(GrpcPeer { service, auth })
+    let peer = PeerServer::new(GrpcPeer { service })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // A call is authenticated from its headers, before its body is read: an
+    // unauthenticated client makes the server decode nothing.
+    let peer = InterceptedService::new(peer, move |request: Request<()>| {
+        auth.check(request.metadata())?;
+        if let Some(connection) = request.extensions().get::<Arc<ConnectionState>>() {
+            connection.authenticated();
+        }
+        Ok(request)
+    });
+    let mut incoming = listener::admit(listener, limits, shutdown.clone());
+    let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx));
     tonic::transport::Server::builder()
         // A peer's calls are few at a time (a replication stream, elections, forwards);
         // this bounds what one connection, authenticated or not, can have served at once.
         .concurrency_limit_per_connection(PEER_CALLS_PER_CONNECTION)
+        // What one connection can make the server hold before its calls are authenticated:
+        // streams (a peer's client waits for a free one rather than failing), header bytes,
+        // and request bytes no call has read (the connection's flow-control window).
+        .max_concurrent_streams(PEER_CALLS_PER_CONNECTION as u32)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(CONNECTION_WINDOW_BYTES)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        // A peer that vanished without closing its connection (its machine lost power)
+        // would hold an authenticated slot for good; pings find it out.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

@@ -1,10 +1,17 @@
-//! What the node tests share: a single server's configuration, and its start-up.
+//! What the node tests share: a single server's configuration and its start-up, and the
+//! commands that make the accounts and messages they work with.
+
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;
 
+use corvid_core::{AccountId, Command, Outcome, SessionPolicy, Token};
 use corvid_raft::{Node, NodeConfig, NodeError};
 use corvid_store::{ClientAddrs, EffectSink, Member};
+
+/// An argon2id hash in the stored form; no test logs in with a password.
+pub const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
 /// Bounds the wait for a single server to lead; it elects itself at once.
 pub const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,4 +47,49 @@ pub async fn start(config: NodeConfig, effects: EffectSink) -> Result<Node, Node
     }
     node.wait_ready(READY_DEADLINE).await?;
     Ok(node)
+}
+
+pub fn create(name: &str) -> Command {
+    Command::CreateAccount {
+        username: name.into(),
+        display_name: name.into(),
+        password_hash: HASH.into(),
+        now: 1_000,
+    }
+}
+
+pub fn login(account: AccountId, token: Token) -> Command {
+    Command::Login {
+        account,
+        session: token.session_key(),
+        policy: SessionPolicy::default(),
+        now: 1_000,
+    }
+}
+
+pub fn send(token: Token, to: &str, text: &str, client_id: u64) -> Command {
+    Command::Send {
+        session: token.session_key(),
+        to: to.into(),
+        text: text.into(),
+        client_id,
+        now: 2_000,
+    }
+}
+
+/// Creates alice and bob through `node` and logs alice in; returns bob's id.
+pub async fn alice_and_bob(node: &Node, alice: Token) -> AccountId {
+    let Outcome::AccountCreated { account: a, .. } = node.write(create("alice")).await.unwrap()
+    else {
+        panic!("alice not created")
+    };
+    let Outcome::AccountCreated { account: b, .. } = node.write(create("bob")).await.unwrap()
+    else {
+        panic!("bob not created")
+    };
+    assert!(matches!(
+        node.write(login(a, alice)).await.unwrap(),
+        Outcome::LoggedIn { .. }
+    ));
+    b
 }

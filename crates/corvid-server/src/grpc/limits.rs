@@ -30,7 +30,7 @@ use tonic::Status;
 use corvid_core::{ApiError, ErrorCode};
 use corvid_grpc::status::{edge_error, to_status, CODE_KEY};
 
-use super::{ConnectionInfo, GrpcConnection};
+use super::{ConnectionInfo, IncomingConnection};
 use crate::config::Limits;
 
 /// The largest HTTP/2 DATA frame a client may send (the protocol's default, which the
@@ -143,13 +143,13 @@ impl Stalls {
 /// answer handed to HTTP/2 has waited past the write timeout, which ends the
 /// connection and frees everything its streams held.
 pub struct LimitedConnection {
-    inner: GrpcConnection,
+    inner: IncomingConnection,
     limits: ConnectionLimits,
     timer: Pin<Box<Sleep>>,
 }
 
 impl LimitedConnection {
-    pub fn new(inner: GrpcConnection, limits: &Limits) -> LimitedConnection {
+    pub fn new(inner: IncomingConnection, limits: &Limits) -> LimitedConnection {
         let info = inner.connect_info();
         LimitedConnection {
             inner,

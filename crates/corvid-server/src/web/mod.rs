@@ -13,11 +13,8 @@ mod assets;
 mod json;
 mod socket;
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,13 +25,12 @@ use axum::routing::get;
 use axum::Router;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, Connection, ConnectionIo, Frontend, Protocol};
+use crate::admission::{Admission, CompanionIo, Connection, Frontend, Protocol, StreamCompanion};
 use crate::config::Limits;
 use crate::service::Service;
 
@@ -117,10 +113,7 @@ impl Frontend for WebFrontend {
             state,
         } = connection;
         let arrivals = Arc::new(Arrivals::default());
-        let io = WebIo {
-            io,
-            arrivals: arrivals.clone(),
-        };
+        let io = CompanionIo::new(io, arrivals.clone());
         let upgrade = UpgradeSlot::default();
         let router = self.router.clone();
         let slot = upgrade.clone();
@@ -295,53 +288,9 @@ impl Arrivals {
     }
 }
 
-/// A connection's stream that notes the arrival of bytes, for the frame deadline.
-struct WebIo {
-    io: ConnectionIo,
-    arrivals: Arc<Arrivals>,
-}
-
-impl AsyncRead for WebIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.arrivals.arrived();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for WebIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+/// A connection's stream notes the arrival of bytes, for the frame deadline.
+impl StreamCompanion for Arc<Arrivals> {
+    fn bytes_arrived(&self) {
+        self.arrived();
     }
 }

@@ -28,7 +28,7 @@ use super::json;
 use super::Arrivals;
 use crate::admission::{proves_session, ConnectionState, RequestRate};
 use crate::config::Limits;
-use crate::service::{Service, Subscription};
+use crate::service::{Service, SessionEvents};
 
 /// Events written per turn of the session's loop before it looks at requests again.
 const EVENT_BURST: usize = 64;
@@ -40,7 +40,7 @@ enum Reply {
     Authenticated(String),
     Subscribed {
         id: u64,
-        subscription: Box<Subscription>,
+        subscription: Box<SessionEvents>,
     },
     /// A subscribe that failed: its error.
     SubscribeRefused(String),
@@ -110,7 +110,7 @@ impl Session {
     {
         let frame_timeout = Duration::from_secs(self.limits.frame_timeout_secs);
         let mut pending: FuturesUnordered<PendingReply> = FuturesUnordered::new();
-        let mut subscription: Option<Box<Subscription>> = None;
+        let mut subscription: Option<Box<SessionEvents>> = None;
         let mut subscribing = false;
         let mut reading = true;
         let mut closing: Option<Closing> = None;
@@ -228,7 +228,7 @@ impl Session {
     fn request(
         &self,
         text: &str,
-        subscription: &mut Option<Box<Subscription>>,
+        subscription: &mut Option<Box<SessionEvents>>,
         subscribing: &mut bool,
     ) -> Option<PendingReply> {
         // Every message counts against the rate, a bad one too.
@@ -281,7 +281,7 @@ impl Session {
         &self,
         reply: Reply,
         output: &mut SplitSink<WebSocketStream<S>, WsMessage>,
-        subscription: &mut Option<Box<Subscription>>,
+        subscription: &mut Option<Box<SessionEvents>>,
         subscribing: &mut bool,
     ) -> Result<(), WsError>
     where
@@ -316,7 +316,7 @@ impl Session {
 }
 
 /// The next event of the subscription; pending forever without one, so `select!` skips it.
-async fn next_event(subscription: &mut Option<Box<Subscription>>) -> Option<corvid_core::Event> {
+async fn next_event(subscription: &mut Option<Box<SessionEvents>>) -> Option<corvid_core::Event> {
     match subscription {
         Some(subscription) => subscription.next().await,
         None => std::future::pending().await,

@@ -11,7 +11,6 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -23,10 +22,21 @@ use corvid_core::{Message, MessageId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::common::{corvid, Transport};
+use crate::common::{corvid, first_line, Transport};
 
 /// How long a server may take to print its ready line (a leader is known).
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// One cluster at a time: two clusters of processes on two cores would measure the
+/// machine, and their free ports could collide.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+/// Holds the right to run a cluster until dropped; every test that starts one takes it.
+pub fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A loopback port nobody listens on now. The configuration must name every address
 /// before any server starts, so ports are picked ahead; another process taking one in
@@ -227,18 +237,10 @@ impl ProcessCluster {
             .stderr(log)
             .spawn()
             .expect("corvid serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
+        let ready = first_line(&mut child);
         self.children[i] = Some(child);
         self.state[i] = Running::Up;
-        rx
+        ready
     }
 
     fn await_ready(&mut self, i: usize, ready: std::sync::mpsc::Receiver<String>) {
@@ -337,12 +339,39 @@ impl ProcessCluster {
             .collect()
     }
 
+    /// Which server leads now, as `corvid cluster status` run against an up server says
+    /// (its first line is `leader N (term T), voters [...]`).
+    pub fn leader(&self) -> Option<usize> {
+        let via = (0..self.len()).find(|i| self.state(*i) == Running::Up)?;
+        let output = self.status(via);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let id: usize = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("leader "))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        id.checked_sub(1)
+    }
+
+    /// Waits until an up server reports a leader, and returns it.
+    pub async fn wait_for_leader(&self) -> usize {
+        let mut found = None;
+        let ok = eventually(Duration::from_secs(20), || {
+            found = self.leader();
+            found.is_some()
+        })
+        .await;
+        assert!(ok, "no leader within 20 s");
+        found.unwrap()
+    }
+
     /// Runs `corvid cluster status` against server `via`'s configuration.
     pub fn status(&self, via: usize) -> std::process::Output {
         corvid()
-            .args(["cluster", "--config"])
+            .args(["cluster", "status", "--config"])
             .arg(self.config_path(via))
-            .arg("status")
             .output()
             .expect("corvid cluster status runs")
     }

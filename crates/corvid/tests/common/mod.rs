@@ -27,10 +27,10 @@ impl Transport {
         }
     }
 
-    pub fn client(self) -> corvid_client::Transport {
+    pub fn client(self) -> corvid_client::Protocol {
         match self {
-            Transport::Wire => corvid_client::Transport::Wire,
-            Transport::Grpc => corvid_client::Transport::Grpc,
+            Transport::Wire => corvid_client::Protocol::Wire,
+            Transport::Grpc => corvid_client::Protocol::Grpc,
         }
     }
 }
@@ -63,6 +63,21 @@ pub fn corvid() -> Command {
         .env_remove("CORVID_SESSION")
         .env_remove("RUST_LOG");
     command
+}
+
+/// The first line `child` prints on its piped stdout (a server's ready line), on a
+/// channel; the rest is read and dropped, so that the child never blocks on a full pipe.
+pub fn first_line(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx
 }
 
 /// A `corvid serve` process on free loopback ports.
@@ -125,17 +140,7 @@ impl Server {
             .stderr(log_file)
             .spawn()
             .expect("corvid serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = rx
+        let line = first_line(&mut child)
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| {
                 let _ = child.kill();
@@ -291,6 +296,21 @@ impl User {
             "login: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// Polls `users` until `who` shows as online (their `listen` has subscribed).
+    pub fn wait_online(&self, who: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let listing = self.ok(&["--json", "users", who]);
+            let page: serde_json::Value = serde_json::from_str(listing.trim())
+                .unwrap_or_else(|e| panic!("not JSON: {listing:?}: {e}"));
+            if page["accounts"][0]["online"] == serde_json::Value::Bool(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{who} never came online");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `corvid listen --json` in the background, its lines on a channel.
