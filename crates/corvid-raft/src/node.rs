@@ -281,7 +281,11 @@ impl Node {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config(config.snapshot_every, config.timing)?),
-            Network::new(config.peers.clone(), config.max_append_bytes),
+            Network::new(
+                config.peers.clone(),
+                config.max_append_bytes,
+                Duration::from_millis(config.timing.heartbeat_ms),
+            ),
             log,
             state_machine,
         )

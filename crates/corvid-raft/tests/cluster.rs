@@ -50,6 +50,7 @@ struct Cluster {
     max_append_bytes: u64,
     /// Wraps each server's links (to watch what they send).
     wrap: fn(Arc<dyn Links>) -> Arc<dyn Links>,
+    timing: RaftTiming,
 }
 
 impl Cluster {
@@ -61,6 +62,7 @@ impl Cluster {
             snapshot_every,
             max_append_bytes: 1 << 20,
             wrap: |links| links,
+            timing: TIMING,
         }
     }
 
@@ -79,7 +81,7 @@ impl Cluster {
             snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
             min_free_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
             peers: Peers::new((self.wrap)(self.router.links(id)), BTreeMap::new()),
-            timing: TIMING,
+            timing: self.timing,
             max_append_bytes: self.max_append_bytes,
         };
         let node = Node::open(config, no_effects()).await.unwrap();
@@ -288,6 +290,66 @@ async fn one_cluster_forms_in_any_start_order_and_followers_forward_writes() {
         unread_texts(cluster.node(follower), bob).await.unwrap(),
         expected
     );
+    cluster.shutdown().await;
+}
+
+/// A server that restarts is reached by the leader before its election timeout runs out,
+/// so it never stands (and, once reached, never deposes the leader with its higher term):
+/// the leader and the term stay the same through three restarts, with the cluster's
+/// default timing, where a follower that knows a leader stands 250-300 ms after it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_reached_before_it_stands_for_election() {
+    let all = [1, 2, 3];
+    let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
+    cluster.timing = RaftTiming {
+        heartbeat_ms: 40,
+        election_timeout_min_ms: 100,
+        election_timeout_max_ms: 150,
+    };
+    for id in all {
+        cluster.start(id, &all).await;
+    }
+    let leader = cluster.leader().await;
+    let term = cluster.node(leader).raft().metrics().borrow().current_term;
+    let alice = Token([4; 16]);
+    alice_and_bob(cluster.node(leader), alice).await;
+    let restarted = cluster.follower(leader);
+    for round in 0..3 {
+        cluster.stop(restarted).await;
+        // Written while the server is down: the leader finds it unreachable.
+        cluster
+            .node(leader)
+            .write(send(
+                alice,
+                "bob",
+                &format!("while down {round}"),
+                round + 1,
+            ))
+            .await
+            .unwrap();
+        let last = cluster
+            .node(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .last_log_index;
+        cluster.open(restarted).await;
+        cluster
+            .node(restarted)
+            .raft()
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(last, "caught up")
+            .await
+            .unwrap();
+        for (id, node) in &cluster.nodes {
+            let metrics = node.raft().metrics().borrow().clone();
+            assert_eq!(
+                (metrics.current_leader, metrics.current_term),
+                (Some(leader), term),
+                "server {id} after restart {round}"
+            );
+        }
+    }
     cluster.shutdown().await;
 }
 
