@@ -1,6 +1,6 @@
 //! Clusters of nodes in one process over the in-memory router (no sockets): forming,
 //! forwarding, linearizable reads on followers, catch-up by snapshot, membership changes,
-//! and appends bounded in bytes.
+//! appends bounded in bytes, and elections after a leader stops or a server restarts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -289,6 +289,54 @@ async fn one_cluster_forms_in_any_start_order_and_followers_forward_writes() {
     assert_eq!(
         unread_texts(cluster.node(follower), bob).await.unwrap(),
         expected
+    );
+    cluster.shutdown().await;
+}
+
+/// When the leader stops, the followers do not wait for openraft's election timers (they
+/// are switched off here): once the leader lease has passed and the leader does not
+/// answer, the follower with the longest log stands, and wins in the first round, even
+/// when another follower has the higher id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_is_replaced_by_the_follower_with_the_longest_log_in_one_round() {
+    let all = [1, 2, 3];
+    let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
+    for id in all {
+        cluster.start(id, &all).await;
+    }
+    let old = cluster.leader().await;
+    let alice = Token([3; 16]);
+    let bob = alice_and_bob(cluster.node(old), alice).await;
+    let followers: Vec<NodeId> = all.iter().copied().filter(|id| *id != old).collect();
+    let (longer, shorter) = (followers[0], followers[1]);
+    // The follower with the higher id misses the last write.
+    cluster.router.isolate(shorter);
+    cluster
+        .node(old)
+        .write(send(alice, "bob", "last", 1))
+        .await
+        .unwrap();
+    let term = cluster.node(old).raft().metrics().borrow().current_term;
+    for node in cluster.nodes.values() {
+        node.raft().runtime_config().elect(false);
+    }
+    cluster.stop(old).await;
+    cluster.router.heal(shorter);
+
+    let new = cluster.new_leader(old).await;
+    assert_eq!(new, longer, "the follower with the longest log leads");
+    for id in followers {
+        let metrics = cluster.node(id).raft().metrics().borrow().clone();
+        assert_eq!(metrics.current_term, term + 1, "server {id}: one round");
+    }
+    cluster
+        .node(shorter)
+        .write(send(alice, "bob", "after", 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        unread_texts(cluster.node(shorter), bob).await.unwrap(),
+        ["last", "after"]
     );
     cluster.shutdown().await;
 }
