@@ -41,7 +41,7 @@ use corvid_store::typ::{
 };
 use futures::future::BoxFuture;
 use openraft::error::{NetworkError, PayloadTooLarge, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -165,13 +165,17 @@ impl Peers {
 pub struct Network {
     peers: Peers,
     max_append_bytes: u64,
+    retry_every: Duration,
 }
 
 impl Network {
-    pub fn new(peers: Peers, max_append_bytes: u64) -> Network {
+    /// `retry_every`: how long openraft waits before it calls again a peer that could not
+    /// be reached (the heartbeat interval).
+    pub fn new(peers: Peers, max_append_bytes: u64, retry_every: Duration) -> Network {
         Network {
             peers,
             max_append_bytes,
+            retry_every,
         }
     }
 }
@@ -185,6 +189,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             address: self.peers.address(target, Some(member)),
             peers: self.peers.clone(),
             max_append_bytes: self.max_append_bytes,
+            retry_every: self.retry_every,
         }
     }
 }
@@ -195,6 +200,7 @@ pub struct RaftLink {
     address: String,
     peers: Peers,
     max_append_bytes: u64,
+    retry_every: Duration,
 }
 
 impl RaftLink {
@@ -243,6 +249,15 @@ fn entries_within(entries: usize, bytes: usize, limit: u64) -> u64 {
 }
 
 impl RaftNetwork<TypeConfig> for RaftLink {
+    /// openraft's own pause after an unreachable peer is half a second, longer than a
+    /// follower's election timeout: a server restarted after a crash would stand for
+    /// election (and, once reached, depose the leader with its higher term) before the
+    /// leader's first heartbeat got to it. A refused connection costs little, so the
+    /// leader tries again each heartbeat interval.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.retry_every))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest,

@@ -21,6 +21,7 @@ use openraft::SnapshotPolicy;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::leader_watch::watch_leader;
 use crate::network::{LinkError, Network, Peers, SNAPSHOT_CHUNK_BYTES};
 use crate::peer::{MembershipChange, NodeStatus, PeerCall, PeerService, PresenceReport, Refusal};
 use crate::presence::{Presence, PRESENCE_EVERY};
@@ -281,7 +282,11 @@ impl Node {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config(config.snapshot_every, config.timing)?),
-            Network::new(config.peers.clone(), config.max_append_bytes),
+            Network::new(
+                config.peers.clone(),
+                config.max_append_bytes,
+                Duration::from_millis(config.timing.heartbeat_ms),
+            ),
             log,
             state_machine,
         )
@@ -294,6 +299,16 @@ impl Node {
         let presence = Arc::new(Presence::default());
         let removed = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
+        let (heard, heard_rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(watch_leader(
+            config.node_id,
+            raft.clone(),
+            config.peers.clone(),
+            config.timing,
+            heard_rx,
+            removed.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(notice_removal(
             config.node_id,
             raft.clone(),
@@ -312,6 +327,7 @@ impl Node {
                 reader.clone(),
                 presence.clone(),
                 removed.clone(),
+                heard,
             )),
             raft,
             reader,

@@ -13,13 +13,16 @@ use std::sync::Arc;
 
 use corvid_core::{Command, Outcome};
 use corvid_store::typ::{
-    AppendEntriesRequest, ClientWriteError, InstallSnapshotRequest, Member, NodeId, Raft,
-    RaftError, VoteRequest,
+    AppendEntriesRequest, AppendEntriesResponse, ClientWriteError, InstallSnapshotRequest, Member,
+    NodeId, Raft, RaftError, VoteRequest,
 };
 use corvid_store::{StoreError, StoreReader};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::leader_watch::Heard;
 use crate::presence::Presence;
 
 /// The calls one server makes to another.
@@ -118,6 +121,8 @@ pub struct PeerService {
     reader: StoreReader,
     presence: Arc<Presence>,
     removed: Arc<AtomicBool>,
+    /// The last append this server accepted from a leader, for `leader_watch`.
+    heard: watch::Sender<Option<Heard>>,
 }
 
 impl PeerService {
@@ -127,6 +132,7 @@ impl PeerService {
         reader: StoreReader,
         presence: Arc<Presence>,
         removed: Arc<AtomicBool>,
+        heard: watch::Sender<Option<Heard>>,
     ) -> PeerService {
         PeerService {
             id,
@@ -134,6 +140,7 @@ impl PeerService {
             reader,
             presence,
             removed,
+            heard,
         }
     }
 
@@ -142,7 +149,19 @@ impl PeerService {
         match call {
             PeerCall::Append => {
                 let request: AppendEntriesRequest = decode(call, body)?;
-                encode(call, &self.raft.append_entries(request).await)
+                let leader = request.vote.leader_id;
+                let answer = self.raft.append_entries(request).await;
+                // Any answer but a higher vote means openraft took the sender as its
+                // leader (and renewed the leader lease).
+                if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.heard.send_replace(Some(Heard {
+                        at: Instant::now(),
+                        leader: leader.node_id,
+                        term: leader.term,
+                    }));
+                }
+                encode(call, &answer)
             }
             PeerCall::Vote => {
                 let request: VoteRequest = decode(call, body)?;

@@ -9,7 +9,10 @@
 //! all of them (up to [`MAX_COMMANDS`] / [`MAX_BYTES`]). A lone write is proposed at once.
 //!
 //! Entries are handed to openraft in the order their first command arrived, so writes keep
-//! their submission order.
+//! their submission order. When an entry this server proposed fails (its leadership moved
+//! before it committed), the commands queued behind it fail too rather than go on to the
+//! next leader: applied there, they would land ahead of the failed ones, which their
+//! clients send again.
 //!
 //! On a follower the same batch goes to the leader over forward-write, and the leader
 //! proposes it as one entry. When a forward's answer is lost (a deadline, a leader that
@@ -19,6 +22,7 @@
 //! (applying them twice is applying them once). The others (a `Send` without a client id,
 //! account and session commands) are answered `unavailable`: the client decides.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,26 +54,54 @@ type Reply = oneshot::Sender<Result<Outcome, NodeError>>;
 struct Pending {
     command: Command,
     reply: Reply,
+    /// Numbers the commands in their order of submission.
+    seq: u64,
+}
+
+/// Submission numbers: the next one to give, and the last one that must not be proposed
+/// because an entry proposed before it failed.
+#[derive(Default)]
+struct Order {
+    next: AtomicU64,
+    failed_upto: AtomicU64,
+}
+
+impl Order {
+    /// Marks every command submitted so far as queued behind a failed entry.
+    fn entry_failed(&self) {
+        let submitted = self.next.load(Ordering::SeqCst);
+        self.failed_upto.fetch_max(submitted, Ordering::SeqCst);
+    }
+
+    fn behind_a_failure(&self, pending: &Pending) -> bool {
+        pending.seq <= self.failed_upto.load(Ordering::SeqCst)
+    }
 }
 
 /// The queue of commands waiting to be proposed.
 pub(crate) struct Proposer {
     queue: mpsc::UnboundedSender<Pending>,
+    order: Arc<Order>,
 }
 
 impl Proposer {
     /// Starts the proposing task of node `id`. It ends when the proposer is dropped.
     pub(crate) fn start(raft: Raft, id: NodeId, peers: Peers) -> Proposer {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, id, peers, pending));
-        Proposer { queue }
+        let order = Arc::new(Order::default());
+        tokio::spawn(run(raft, id, peers, pending, order.clone()));
+        Proposer { queue, order }
     }
 
     /// Proposes `command`; returns its outcome once its entry is committed and applied.
     pub(crate) async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                reply,
+                seq: self.order.next.fetch_add(1, Ordering::SeqCst) + 1,
+            })
             .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?;
         outcome.await.map_err(|_| {
             NodeError::Unavailable("the node stopped before the write completed".into())
@@ -131,7 +163,13 @@ fn forwards(raft: &Raft, id: NodeId) -> bool {
     }
 }
 
-async fn run(raft: Raft, id: NodeId, peers: Peers, mut pending: mpsc::UnboundedReceiver<Pending>) {
+async fn run(
+    raft: Raft,
+    id: NodeId,
+    peers: Peers,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    order: Arc<Order>,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // A command that did not fit in the previous entry starts the next one.
     let mut carried: Option<Pending> = None;
@@ -158,6 +196,19 @@ async fn run(raft: Raft, id: NodeId, peers: Peers, mut pending: mpsc::UnboundedR
             }
             batch.push(next);
         }
+        let (behind, batch): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|p| order.behind_a_failure(p));
+        fail_pending(
+            NodeError::Unavailable(
+                "an earlier write on this server failed as the leadership moved; this one was \
+                 not proposed, so that writes keep their order"
+                    .into(),
+            ),
+            behind,
+        );
+        if batch.is_empty() {
+            continue;
+        }
         if forwards(&raft, id) {
             tokio::spawn(forward(raft.clone(), id, peers.clone(), batch, permit));
             continue;
@@ -166,8 +217,13 @@ async fn run(raft: Raft, id: NodeId, peers: Peers, mut pending: mpsc::UnboundedR
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         match raft.client_write_ff(commands).await {
             Ok(response) => {
+                let order = order.clone();
                 tokio::spawn(async move {
                     let result = response.await;
+                    if !matches!(result, Ok(Ok(_))) {
+                        // Before the permit goes: the next batch must see it.
+                        order.entry_failed();
+                    }
                     drop(permit);
                     match result {
                         Ok(Ok(response)) => deliver(response.data, replies),

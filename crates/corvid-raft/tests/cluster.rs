@@ -1,6 +1,6 @@
 //! Clusters of nodes in one process over the in-memory router (no sockets): forming,
 //! forwarding, linearizable reads on followers, catch-up by snapshot, membership changes,
-//! and appends bounded in bytes.
+//! appends bounded in bytes, and elections after a leader stops or a server restarts.
 
 mod common;
 
@@ -53,6 +53,7 @@ struct Cluster {
     max_append_bytes: u64,
     /// Wraps each server's links (to watch what they send).
     wrap: fn(Arc<dyn Links>) -> Arc<dyn Links>,
+    timing: RaftTiming,
 }
 
 impl Cluster {
@@ -64,6 +65,7 @@ impl Cluster {
             snapshot_every,
             max_append_bytes: 1 << 20,
             wrap: |links| links,
+            timing: TIMING,
         }
     }
 
@@ -82,7 +84,7 @@ impl Cluster {
             snapshot_log_bytes: corvid_raft::SNAPSHOT_LOG_BYTES,
             min_free_bytes: corvid_store::disk::DEFAULT_MIN_FREE_BYTES,
             peers: Peers::new((self.wrap)(self.router.links(id)), BTreeMap::new()),
-            timing: TIMING,
+            timing: self.timing,
             max_append_bytes: self.max_append_bytes,
         };
         let node = Node::open(config, no_effects()).await.unwrap();
@@ -249,6 +251,114 @@ async fn one_cluster_forms_in_any_start_order_and_followers_forward_writes() {
         unread_texts(cluster.node(follower), bob).await.unwrap(),
         expected
     );
+    cluster.shutdown().await;
+}
+
+/// When the leader stops, the followers do not wait for openraft's election timers (they
+/// are switched off here): once the leader lease has passed and the leader does not
+/// answer, the follower with the longest log stands, and wins in the first round, even
+/// when another follower has the higher id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_is_replaced_by_the_follower_with_the_longest_log_in_one_round() {
+    let all = [1, 2, 3];
+    let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
+    for id in all {
+        cluster.start(id, &all).await;
+    }
+    let old = cluster.leader().await;
+    let alice = Token([3; 16]);
+    let bob = alice_and_bob(cluster.node(old), alice).await;
+    let followers: Vec<NodeId> = all.iter().copied().filter(|id| *id != old).collect();
+    let (longer, shorter) = (followers[0], followers[1]);
+    // The follower with the higher id misses the last write.
+    cluster.router.isolate(shorter);
+    cluster
+        .node(old)
+        .write(send(alice, "bob", "last", 1))
+        .await
+        .unwrap();
+    let term = cluster.node(old).raft().metrics().borrow().current_term;
+    for node in cluster.nodes.values() {
+        node.raft().runtime_config().elect(false);
+    }
+    cluster.stop(old).await;
+    cluster.router.heal(shorter);
+
+    let new = cluster.new_leader(old).await;
+    assert_eq!(new, longer, "the follower with the longest log leads");
+    for id in followers {
+        let metrics = cluster.node(id).raft().metrics().borrow().clone();
+        assert_eq!(metrics.current_term, term + 1, "server {id}: one round");
+    }
+    cluster
+        .node(shorter)
+        .write(send(alice, "bob", "after", 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        unread_texts(cluster.node(shorter), bob).await.unwrap(),
+        ["last", "after"]
+    );
+    cluster.shutdown().await;
+}
+
+/// A server that restarts is reached by the leader before its election timeout runs out,
+/// so it never stands (and, once reached, never deposes the leader with its higher term):
+/// the leader and the term stay the same through three restarts, with the cluster's
+/// default timing, where a follower that knows a leader stands 250-300 ms after it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_reached_before_it_stands_for_election() {
+    let all = [1, 2, 3];
+    let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
+    cluster.timing = RaftTiming {
+        heartbeat_ms: 40,
+        election_timeout_min_ms: 100,
+        election_timeout_max_ms: 150,
+    };
+    for id in all {
+        cluster.start(id, &all).await;
+    }
+    let leader = cluster.leader().await;
+    let term = cluster.node(leader).raft().metrics().borrow().current_term;
+    let alice = Token([4; 16]);
+    alice_and_bob(cluster.node(leader), alice).await;
+    let restarted = cluster.follower(leader);
+    for round in 0..3 {
+        cluster.stop(restarted).await;
+        // Written while the server is down: the leader finds it unreachable.
+        cluster
+            .node(leader)
+            .write(send(
+                alice,
+                "bob",
+                &format!("while down {round}"),
+                round + 1,
+            ))
+            .await
+            .unwrap();
+        let last = cluster
+            .node(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .last_log_index;
+        cluster.open(restarted).await;
+        cluster
+            .node(restarted)
+            .raft()
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(last, "caught up")
+            .await
+            .unwrap();
+        for (id, node) in &cluster.nodes {
+            let metrics = node.raft().metrics().borrow().clone();
+            assert_eq!(
+                (metrics.current_leader, metrics.current_term),
+                (Some(leader), term),
+                "server {id} after restart {round}"
+            );
+        }
+    }
     cluster.shutdown().await;
 }
 

@@ -529,9 +529,12 @@ pub struct Cluster {
     /// (docs/benchmarks.md, "Cluster").
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
-    /// A follower that has heard no leader for `election_timeout_max_ms` (openraft's leader
-    /// lease) plus a random time between this and `election_timeout_max_ms` milliseconds
-    /// stands for election.
+    /// A follower whose leader has been silent for `election_timeout_max_ms` (openraft's
+    /// leader lease, during which the other servers refuse to vote) asks it whether it is
+    /// there and, when it is not, the follower with the longest log stands at once. Failing
+    /// that, a follower that has heard no leader for `election_timeout_max_ms` plus a random
+    /// time between this and `election_timeout_max_ms` milliseconds stands (openraft's own
+    /// timer); this is also how long a leader that answers may stay silent.
     #[serde(default = "default_election_timeout_min_ms")]
     pub election_timeout_min_ms: u64,
     /// See `election_timeout_min_ms`.
@@ -593,9 +596,9 @@ pub struct ClusterMember {
     pub data: Option<PathBuf>,
 }
 
-// openraft 0.9 adds its leader lease (`election_timeout_max_ms`) to a follower's timeout,
-// so a follower stands after 250-300 ms of silence. Failover figures for these and slower
-// settings are in docs/benchmarks.md.
+// A dead leader is replaced once its lease (`election_timeout_max_ms`) has passed; openraft
+// 0.9's own timer adds the lease to a follower's timeout, so it stands after 250-300 ms of
+// silence. Failover figures for these and slower settings are in docs/benchmarks.md.
 fn default_heartbeat_ms() -> u64 {
     40
 }

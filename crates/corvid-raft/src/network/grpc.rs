@@ -122,10 +122,18 @@ impl GrpcLinks {
         })
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, LinkError> {
+    /// The channel to `address`; refused while the peer is in back-off, unless `call` is
+    /// one of openraft's, whose replication pauses after failures by itself (see
+    /// `RaftLink::backoff`): gating it here too would keep a leader from a restarted
+    /// server for up to [`MAX_BACKOFF`].
+    fn channel(&self, address: &str, call: PeerCall) -> Result<Channel, LinkError> {
+        let raft_call = matches!(
+            call,
+            PeerCall::Append | PeerCall::Vote | PeerCall::InstallSnapshot
+        );
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(peer) = channels.get(address) {
-            if let Some(retry_at) = peer.retry_at {
+            if let Some(retry_at) = peer.retry_at.filter(|_| !raft_call) {
                 if Instant::now() < retry_at {
                     return Err(LinkError::NotSent(format!(
                         "{address} failed lately; backing off"
@@ -191,7 +199,7 @@ impl Links for GrpcLinks {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, LinkError>> {
         Box::pin(async move {
-            let channel = self.channel(address)?;
+            let channel = self.channel(address, call)?;
             let mut client = PeerClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
