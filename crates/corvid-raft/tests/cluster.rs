@@ -93,6 +93,13 @@ impl Cluster {
         &self.nodes[&id]
     }
 
+    /// Opens every server of `all`, one after the other.
+    async fn start_all(&mut self, all: &[NodeId]) {
+        for &id in all {
+            self.start(id, all).await;
+        }
+    }
+
     /// Opens server `id` as `corvid serve` does for a configured member: a new one
     /// initializes the cluster with every configured member.
     async fn start(&mut self, id: NodeId, all: &[NodeId]) {
@@ -262,9 +269,7 @@ async fn one_cluster_forms_in_any_start_order_and_followers_forward_writes() {
 async fn a_stopped_leader_is_replaced_by_the_follower_with_the_longest_log_in_one_round() {
     let all = [1, 2, 3];
     let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
-    for id in all {
-        cluster.start(id, &all).await;
-    }
+    cluster.start_all(&all).await;
     let old = cluster.leader().await;
     let alice = Token([3; 16]);
     let bob = alice_and_bob(cluster.node(old), alice).await;
@@ -315,9 +320,7 @@ async fn a_restarted_server_is_reached_before_it_stands_for_election() {
         election_timeout_min_ms: 100,
         election_timeout_max_ms: 150,
     };
-    for id in all {
-        cluster.start(id, &all).await;
-    }
+    cluster.start_all(&all).await;
     let leader = cluster.leader().await;
     let term = cluster.node(leader).raft().metrics().borrow().current_term;
     let alice = Token([4; 16]);
@@ -368,9 +371,7 @@ async fn a_restarted_server_is_reached_before_it_stands_for_election() {
 async fn no_stale_read_across_a_leader_change() {
     let all = [1, 2, 3];
     let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
-    for id in all {
-        cluster.start(id, &all).await;
-    }
+    cluster.start_all(&all).await;
     let old = cluster.leader().await;
     let alice = Token([2; 16]);
     let bob = alice_and_bob(cluster.node(old), alice).await;
@@ -422,9 +423,7 @@ async fn no_stale_read_across_a_leader_change() {
 async fn a_server_down_for_long_catches_up_by_snapshot() {
     let all = [1, 2, 3];
     let mut cluster = Cluster::new(10);
-    for id in all {
-        cluster.start(id, &all).await;
-    }
+    cluster.start_all(&all).await;
     let leader = cluster.leader().await;
     let away = cluster.follower(leader);
     cluster.stop(away).await;
@@ -479,9 +478,7 @@ async fn a_server_down_for_long_catches_up_by_snapshot() {
 async fn servers_are_added_and_removed() {
     let all = [1, 2, 3];
     let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
-    for id in all {
-        cluster.start(id, &all).await;
-    }
+    cluster.start_all(&all).await;
     let leader = cluster.leader().await;
     let alice = Token([4; 16]);
     let bob = alice_and_bob(cluster.node(leader), alice).await;
@@ -586,9 +583,7 @@ async fn appends_are_bounded_in_bytes() {
     let mut cluster = Cluster::new(corvid_raft::SNAPSHOT_EVERY);
     cluster.max_append_bytes = 64 << 10;
     cluster.wrap = |links| Arc::new(Watched(links));
-    for id in all {
-        cluster.start(id, &all).await;
-    }
+    cluster.start_all(&all).await;
     let leader = cluster.leader().await;
     let behind = cluster.follower(leader);
     cluster.router.isolate(behind);
