@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corvid_raft::network::grpc::{GrpcLinks, PeerAuth};
-use corvid_raft::network::listener::ListenerLimits;
+use corvid_raft::network::listener::{ListenerLimits, ListenerStats};
 use corvid_raft::peer::PeerService;
 use corvid_raft::{NodeConfig, Peers, RaftTiming};
 use corvid_store::{ClientAddrs, Member};
@@ -24,9 +24,15 @@ pub(crate) struct Peering {
     listener: TcpListener,
     auth: PeerAuth,
     limits: ListenerLimits,
+    stats: Arc<ListenerStats>,
 }
 
 impl Peering {
+    /// What the listener counts, for the metrics.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
+    }
+
     /// Serves the other servers until `shutdown`.
     pub async fn serve(self, service: Arc<PeerService>, shutdown: CancellationToken) {
         if let Err(e) = corvid_raft::network::grpc::serve(
@@ -34,6 +40,7 @@ impl Peering {
             service,
             self.auth,
             self.limits,
+            self.stats,
             shutdown,
         )
         .await
@@ -112,5 +119,6 @@ pub(crate) async fn prepare(
             max_connections: cluster.max_peer_connections,
             auth_timeout: Duration::from_secs(cluster.peer_auth_timeout_secs),
         },
+        stats: Arc::default(),
     })
 }

@@ -336,7 +336,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let peering = match &config.cluster {
         Some(cluster) => {
-            Some(cluster::prepare(cluster, &mut node_config, wire_addr, grpc_addr).await?)
+            let peering = cluster::prepare(cluster, &mut node_config, wire_addr, grpc_addr).await?;
+            metrics.peer_listener(peering.stats());
+            Some(peering)
         }
         None => None,
     };

@@ -20,6 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use corvid_core::{ApiError, Request};
+use corvid_raft::network::listener::ListenerStats;
 use corvid_store::metrics::HistogramSnapshot;
 
 use crate::service::Service;
@@ -79,6 +80,8 @@ struct Recorders {
     all_connections: Gauge,
     connections_rejected: Family<ProtocolLabels, Counter>,
     rate_limited: Family<ProtocolLabels, Counter>,
+    /// The server-to-server listener's counts, read at each scrape (a cluster member's).
+    peer_listener: std::sync::OnceLock<Arc<ListenerStats>>,
 }
 
 impl Metrics {
@@ -96,6 +99,7 @@ impl Metrics {
             all_connections: Gauge::default(),
             connections_rejected: Family::default(),
             rate_limited: Family::default(),
+            peer_listener: std::sync::OnceLock::new(),
         };
         // Every protocol's series exists from the start, at zero, so that a rate over it
         // is defined before its first event.
@@ -112,6 +116,14 @@ impl Metrics {
     /// Metrics that record nothing: the admin listener is off, so nobody could read them.
     pub fn off() -> Metrics {
         Metrics(None)
+    }
+
+    /// Reads the server-to-server listener's counts at each scrape (see
+    /// `corvid_raft::network::listener`). Set once, before the registry is made.
+    pub fn peer_listener(&self, stats: Arc<ListenerStats>) {
+        if let Some(recorders) = &self.0 {
+            let _ = recorders.peer_listener.set(stats);
+        }
     }
 
     /// A request answered by the service core.
@@ -278,6 +290,9 @@ impl Metrics {
                 "Requests refused by their connection's rate limit, by protocol",
                 r.rate_limited.clone(),
             );
+            if let Some(stats) = r.peer_listener.get() {
+                registry.register_collector(Box::new(PeerListenerCounts(stats.clone())));
+            }
         }
         registry.register_collector(Box::new(ScrapeTime {
             service: Arc::downgrade(service),
@@ -512,6 +527,45 @@ impl prometheus_client::collector::Collector for ScrapeTime {
             }
         }
         Ok(())
+    }
+}
+
+/// The server-to-server listener's counts, read when scraped.
+#[derive(Debug)]
+struct PeerListenerCounts(Arc<ListenerStats>);
+
+impl prometheus_client::collector::Collector for PeerListenerCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let figures = self.0.figures();
+        gauge(
+            &mut encoder,
+            "corvid_peer_connections",
+            "Connections open on the server-to-server listener, authenticated or not",
+            figures.open as f64,
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "corvid_peer_connections_closed",
+            "Server-to-server connections closed by the listener's limits: `full` (every slot \
+             held by an authenticated connection), `evicted` (an unauthenticated one closed to \
+             make room), `auth_timeout` (no authenticated call within the deadline)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, value) in [
+            ("full", figures.refused_full),
+            ("evicted", figures.evicted),
+            ("auth_timeout", figures.auth_timeouts),
+        ] {
+            let labels = [("reason", reason)];
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+        counter(
+            &mut encoder,
+            "corvid_peer_calls_refused_total",
+            "Server-to-server calls refused from their headers: another cluster's id or a \
+             wrong secret",
+            figures.calls_refused,
+        )
     }
 }
 

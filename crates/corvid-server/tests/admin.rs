@@ -16,53 +16,10 @@ use corvid_server::metrics::Metrics;
 use corvid_server::service::{Service, ServiceConfig};
 use corvid_server::Config;
 
-const PASSWORD: &str = "correct horse battery";
+mod common;
+use common::{admin_get as get, sample, scrape as metrics, PASSWORD};
+
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One HTTP/1.1 GET: the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer))
-        .await
-        .expect("the admin listener answers in time")
-        .unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole HTTP answer");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    (code, body.to_string())
-}
-
-/// The sum of the samples of `name` whose labels include every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((series_name, rest)) => (series_name, rest),
-                None => (series, ""),
-            };
-            (series_name == name
-                && labels
-                    .iter()
-                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
-
-async fn metrics(addr: SocketAddr) -> String {
-    let (code, text) = get(addr, "/metrics").await;
-    assert_eq!(code, 200, "{text}");
-    text
-}
 
 async fn client(addr: SocketAddr, transport: Protocol) -> Client {
     let mut config = ClientConfig::new(&[addr.to_string()]);

@@ -16,7 +16,9 @@ use corvid_raft::Peers;
 use corvid_server::config::{Cluster, ClusterMember};
 use corvid_server::{Config, RunningServer};
 
-const PASSWORD: &str = "correct horse battery";
+mod common;
+use common::PASSWORD;
+
 /// Bounds every wait for the cluster to reach a state.
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -49,7 +51,7 @@ impl Servers {
                 wire: free_address(),
                 grpc: None,
                 http: None,
-                admin: None,
+                admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 data: Some(root.path().join(format!("corvid-data-{id}"))),
             })
             .collect();
@@ -357,6 +359,22 @@ async fn a_flood_of_connections_to_the_peer_port_is_bounded_and_the_cluster_serv
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // And each server's metrics say so: connections evicted to make room, no more open
+    // than the limit.
+    for (id, server) in &servers.servers {
+        let text = common::scrape(server.admin_addr().unwrap()).await;
+        let evicted = common::sample(
+            &text,
+            "corvid_peer_connections_closed_total",
+            &[("reason", "evicted")],
+        );
+        assert!(
+            evicted >= (FLOOD - LIMIT) as f64,
+            "server {id} counted {evicted} evictions of a flood of {FLOOD} over {LIMIT} slots"
+        );
+        let open = common::sample(&text, "corvid_peer_connections", &[]);
+        assert!(open <= LIMIT as f64, "server {id} reports {open} open");
+    }
     alice
         .send(alice_token, "bob", "after the flood", 2)
         .await
@@ -390,6 +408,13 @@ async fn a_peer_connection_that_does_not_authenticate_is_closed_after_the_deadli
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ask().await.unwrap();
+    let text = common::scrape(servers.servers[&1].admin_addr().unwrap()).await;
+    let timed_out = common::sample(
+        &text,
+        "corvid_peer_connections_closed_total",
+        &[("reason", "auth_timeout")],
+    );
+    assert_eq!(timed_out, 4.0, "{text}");
     servers.shutdown().await;
 }
 
@@ -415,14 +440,22 @@ async fn an_unauthenticated_peer_call_is_refused_before_its_body_is_read() {
         .unwrap();
     let (response, mut body) = send.send_request(request, false).unwrap();
     // A gRPC message header announcing a megabyte, and then nothing: the body never ends.
+    // Sending it fails if the server has already answered from the headers and closed the
+    // stream, which is what this test wants to see anyway.
     let mut start = vec![0];
     start.extend_from_slice(&(1u32 << 20).to_be_bytes());
-    body.send_data(start.into(), false).unwrap();
+    let _ = body.send_data(start.into(), false);
     let response = tokio::time::timeout(DEADLINE / 4, response)
         .await
         .expect("an answer while the body is unfinished")
         .unwrap();
     let status = tonic::Status::from_header_map(response.headers()).expect("a grpc-status");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let text = common::scrape(servers.servers[&1].admin_addr().unwrap()).await;
+    assert_eq!(
+        common::sample(&text, "corvid_peer_calls_refused_total", &[]),
+        1.0,
+        "{text}"
+    );
     servers.shutdown().await;
 }

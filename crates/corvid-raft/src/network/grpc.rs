@@ -18,7 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::listener::{self, ConnectionState, ListenerLimits};
+use super::listener::{self, ConnectionState, ListenerLimits, ListenerStats};
 use super::{LinkError, Links, MAX_MESSAGE_BYTES};
 use crate::peer::{PeerCall, PeerService};
 
@@ -298,12 +298,14 @@ impl Peer for GrpcPeer {
 }
 
 /// Serves `service` to the other servers on `listener` until `shutdown`, holding the
-/// connections of unauthenticated clients to `limits` (see [`super::listener`]).
+/// connections of unauthenticated clients to `limits` (see [`super::listener`]) and
+/// counting what the limits refused in `stats`.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<PeerService>,
     auth: PeerAuth,
     limits: ListenerLimits,
+    stats: Arc<ListenerStats>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let peer = PeerServer::new(GrpcPeer { service })
@@ -311,14 +313,18 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // A call is authenticated from its headers, before its body is read: an
     // unauthenticated client makes the server decode nothing.
+    let refused = stats.clone();
     let peer = InterceptedService::new(peer, move |request: Request<()>| {
-        auth.check(request.metadata())?;
+        if let Err(status) = auth.check(request.metadata()) {
+            refused.call_refused();
+            return Err(status);
+        }
         if let Some(connection) = request.extensions().get::<Arc<ConnectionState>>() {
             connection.authenticated();
         }
         Ok(request)
     });
-    let mut incoming = listener::admit(listener, limits, shutdown.clone());
+    let mut incoming = listener::admit(listener, limits, stats, shutdown.clone());
     let incoming = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx));
     tonic::transport::Server::builder()
         // A peer's calls are few at a time (a replication stream, elections, forwards);

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +58,49 @@ impl Default for ListenerLimits {
             max_connections: 64,
             auth_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// What the listener has done since the server started, for the metrics: the connections
+/// it holds now, and those it closed or refused because of the limits above.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    open: AtomicU64,
+    refused_full: AtomicU64,
+    evicted: AtomicU64,
+    auth_timeouts: AtomicU64,
+    calls_refused: AtomicU64,
+}
+
+/// A reading of [`ListenerStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerFigures {
+    /// Connections open now, authenticated or not.
+    pub open: u64,
+    /// New connections closed at once: every slot was held by an authenticated one.
+    pub refused_full: u64,
+    /// Unauthenticated connections closed to make room for a new one.
+    pub evicted: u64,
+    /// Connections closed because no authenticated call came within the deadline.
+    pub auth_timeouts: u64,
+    /// Calls refused from their headers: another cluster's id, or a wrong secret.
+    pub calls_refused: u64,
+}
+
+impl ListenerStats {
+    pub fn figures(&self) -> ListenerFigures {
+        ListenerFigures {
+            open: self.open.load(Ordering::Relaxed),
+            refused_full: self.refused_full.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+            auth_timeouts: self.auth_timeouts.load(Ordering::Relaxed),
+            calls_refused: self.calls_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A call was refused because it did not authenticate.
+    pub(crate) fn call_refused(&self) {
+        self.calls_refused.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -106,6 +149,7 @@ impl ConnectionState {
 pub struct PeerConnection {
     stream: TcpStream,
     state: Arc<ConnectionState>,
+    stats: Arc<ListenerStats>,
     /// The authentication deadline, until the connection has authenticated.
     auth_deadline: Pin<Box<Sleep>>,
 }
@@ -123,6 +167,7 @@ impl PeerConnection {
         }
         if !self.state.is_authenticated() && self.auth_deadline.as_mut().poll(cx).is_ready() {
             self.state.close();
+            self.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no authenticated call within the deadline",
@@ -136,6 +181,7 @@ impl Drop for PeerConnection {
     fn drop(&mut self) {
         // The slot is the connection's, not its calls': it is free once the stream is gone.
         self.state.close();
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -190,11 +236,12 @@ impl AsyncWrite for PeerConnection {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown`, admitting them within `limits`;
-/// the HTTP/2 server takes them from the returned channel.
+/// Accepts connections on `listener` until `shutdown`, admitting them within `limits` and
+/// counting in `stats`; the HTTP/2 server takes them from the returned channel.
 pub(crate) fn admit(
     listener: TcpListener,
     limits: ListenerLimits,
+    stats: Arc<ListenerStats>,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<io::Result<PeerConnection>> {
     let (admitted, incoming) = mpsc::channel(ACCEPT_QUEUE);
@@ -236,11 +283,13 @@ pub(crate) fn admit(
                     if let Some(oldest) = unproven.pop_front().and_then(|s| s.upgrade()) {
                         tracing::debug!("server-to-server connections full: closing the oldest unauthenticated one");
                         oldest.close();
+                        stats.evicted.fetch_add(1, Ordering::Relaxed);
                     }
                     match slots.clone().try_acquire_owned() {
                         Ok(slot) => slot,
                         Err(_) => {
                             tracing::debug!("server-to-server connections full: closing a new one");
+                            stats.refused_full.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                     }
@@ -253,9 +302,11 @@ pub(crate) fn admit(
                 slot: Mutex::new(Some(slot)),
             });
             unproven.push_back(Arc::downgrade(&state));
+            stats.open.fetch_add(1, Ordering::Relaxed);
             let connection = PeerConnection {
                 stream,
                 state,
+                stats: stats.clone(),
                 auth_deadline: Box::pin(tokio::time::sleep(limits.auth_timeout)),
             };
             if admitted.send(Ok(connection)).await.is_err() {

@@ -1,5 +1,6 @@
 //! Set-up the server's integration tests share: a server on free loopback ports, waiting
-//! for a state with a deadline, and what a connection or a failed gRPC call shows.
+//! for a state with a deadline, what a connection or a failed gRPC call shows, and what
+//! the admin listener answers.
 
 #![allow(dead_code)]
 
@@ -59,4 +60,51 @@ pub fn status_code(status: &Status) -> ErrorCode {
 /// The Corvid code of a call that must have failed.
 pub fn corvid_code<T: std::fmt::Debug>(result: Result<T, Status>) -> ErrorCode {
     status_code(&result.expect_err("an error"))
+}
+
+/// One HTTP/1.1 GET to an admin listener: the status code and the body.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut answer))
+        .await
+        .expect("the admin listener answers in time")
+        .unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole HTTP answer");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (code, body.to_string())
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest),
+                None => (series, ""),
+            };
+            (series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let (code, text) = admin_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    text
 }
