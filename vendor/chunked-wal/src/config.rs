@@ -63,6 +63,20 @@ pub struct Config {
     /// request bigger than the whole limit is still accepted, once nothing
     /// else is queued.
     pub flush_queue_max_bytes: Option<usize>,
+
+    /// Whether requests are written on the caller's thread instead of a
+    /// flush worker thread.
+    ///
+    /// Corvid patch: when `true`, opening the WAL starts no thread, and each
+    /// write, sync, chunk change and removal is carried out in order inside
+    /// the call that sends it: when that call returns, the data is written,
+    /// synced if asked, its callbacks have run and the WAL's progress is
+    /// updated. There is no batching wait (`flush_batch_wait` is unused).
+    /// This is for single-threaded deterministic test harnesses, where a
+    /// thread's timing would decide when callbacks fire. Callbacks then run
+    /// while the caller is inside the WAL (see `ChunkedWal::send_pending`).
+    /// Defaults to `false`: a flush worker thread.
+    pub inline_flush: Option<bool>,
 }
 
 impl Config {
@@ -90,6 +104,7 @@ impl Config {
             flush_batch_wait: None,
             flush_batch_max_items: None,
             flush_queue_max_bytes: None,
+            inline_flush: None,
         }
     }
 
@@ -126,6 +141,12 @@ impl Config {
     /// Returns the maximum bytes of queued write requests held in memory.
     pub fn flush_queue_max_bytes(&self) -> usize {
         self.flush_queue_max_bytes.unwrap_or(DEFAULT_FLUSH_QUEUE_MAX_BYTES)
+    }
+
+    /// Returns whether requests run on the caller's thread (defaults to
+    /// false).
+    pub fn inline_flush(&self) -> bool {
+        self.inline_flush.unwrap_or(false)
     }
 
     /// Rejects settings that cannot produce a working WAL.
@@ -263,6 +284,7 @@ mod tests {
         assert_eq!(Duration::from_millis(1), config.flush_batch_wait());
         assert_eq!(2048, config.flush_batch_max_items());
         assert_eq!(64 * 1024 * 1024, config.flush_queue_max_bytes());
+        assert!(!config.inline_flush());
     }
 
     #[test]
@@ -272,6 +294,7 @@ mod tests {
         config.flush_batch_wait = Some(Duration::from_millis(9));
         config.flush_batch_max_items = Some(4);
         config.flush_queue_max_bytes = Some(5);
+        config.inline_flush = Some(true);
 
         assert_eq!(1, config.read_buffer_size());
         assert_eq!(2, config.chunk_max_records());
@@ -280,6 +303,7 @@ mod tests {
         assert_eq!(Duration::from_millis(9), config.flush_batch_wait());
         assert_eq!(4, config.flush_batch_max_items());
         assert_eq!(5, config.flush_queue_max_bytes());
+        assert!(config.inline_flush());
     }
 
     #[test]

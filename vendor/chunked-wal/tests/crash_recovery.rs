@@ -27,6 +27,12 @@ const CRASH_POINT_ENV: &str = "CHUNKED_WAL_CRASH_POINT";
 /// Directory the child process opens its WAL in.
 const CRASH_DIR_ENV: &str = "CHUNKED_WAL_CRASH_DIR";
 
+/// Set when the child process must run its WAL with `inline_flush`.
+///
+/// Corvid patch: the crash tests run in both modes; the parent always
+/// reopens with a flush worker thread.
+const CRASH_INLINE_ENV: &str = "CHUNKED_WAL_CRASH_INLINE";
+
 const CHILD_VALUES: [&str; 2] = ["a", "b"];
 
 /// Runs the child half of a crash test and never returns.
@@ -38,6 +44,7 @@ fn crash_child(crash_point: &str) -> ! {
     let mut config = Config::new(dir);
     // Corvid patch: chunks are preallocated; keep the images small.
     config.chunk_max_size = Some(1 << 16);
+    config.inline_flush = Some(std::env::var(CRASH_INLINE_ENV).is_ok());
 
     let (mut wal, mut sm) = open_wal(&config).expect("child must open the WAL");
     for value in CHILD_VALUES {
@@ -63,15 +70,21 @@ fn crash_point() -> Option<String> {
 }
 
 /// Runs `test_name` again in a child process that crashes at `crash_point`.
+///
+/// A test whose name ends in `_inline` runs its child's WAL with
+/// `inline_flush`.
 fn spawn_crashing_child(dir: &Path, test_name: &str, crash_point: &str) {
     let exe = std::env::current_exe().expect("test binary path");
 
-    let status = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(["--exact", test_name])
         .env(CRASH_POINT_ENV, crash_point)
-        .env(CRASH_DIR_ENV, dir)
-        .status()
-        .expect("child process must start");
+        .env(CRASH_DIR_ENV, dir);
+    if test_name.ends_with("_inline") {
+        command.env(CRASH_INLINE_ENV, "1");
+    }
+    let status = command.status().expect("child process must start");
 
     assert!(status.success(), "child exited with {status}");
 }
@@ -166,5 +179,59 @@ fn test_crashed_directory_lock_is_reusable() -> Result<(), io::Error> {
     wal.shutdown()?;
 
     assert_eq!(CHILD_VALUES.to_vec(), sm.values);
+    Ok(())
+}
+
+#[test]
+fn test_crash_after_sync_replays_every_record_inline() -> Result<(), io::Error>
+{
+    if let Some(point) = crash_point() {
+        crash_child(&point);
+    }
+
+    let td = tempfile::tempdir()?;
+    spawn_crashing_child(
+        td.path(),
+        "test_crash_after_sync_replays_every_record_inline",
+        "synced",
+    );
+
+    assert_eq!(CHILD_VALUES.to_vec(), replay(td.path())?);
+    Ok(())
+}
+
+#[test]
+fn test_crash_after_write_replays_every_record_inline() -> Result<(), io::Error>
+{
+    if let Some(point) = crash_point() {
+        crash_child(&point);
+    }
+
+    let td = tempfile::tempdir()?;
+    spawn_crashing_child(
+        td.path(),
+        "test_crash_after_write_replays_every_record_inline",
+        "written",
+    );
+
+    assert_eq!(CHILD_VALUES.to_vec(), replay(td.path())?);
+    Ok(())
+}
+
+#[test]
+fn test_crash_before_write_loses_buffered_records_inline()
+-> Result<(), io::Error> {
+    if let Some(point) = crash_point() {
+        crash_child(&point);
+    }
+
+    let td = tempfile::tempdir()?;
+    spawn_crashing_child(
+        td.path(),
+        "test_crash_before_write_loses_buffered_records_inline",
+        "buffered",
+    );
+
+    assert_eq!(Vec::<String>::new(), replay(td.path())?);
     Ok(())
 }

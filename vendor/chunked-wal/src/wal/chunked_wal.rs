@@ -3,7 +3,6 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
-use std::thread::JoinHandle;
 
 use codeq::OffsetSize;
 use log::info;
@@ -60,11 +59,6 @@ where W: WalTypes
 
     /// Shared with `FlushWorker`; stores aggregated flush metrics.
     flush_metrics: Arc<AtomicFlushMetrics>,
-
-    /// Handle of the flush worker thread, taken by [`ChunkedWal::shutdown`].
-    ///
-    /// `None` once the worker has been joined.
-    worker_handle: Option<JoinHandle<()>>,
 
     /// Holds the exclusive lock on the WAL directory for this WAL instance.
     _dir_lock: WalLock,
@@ -239,18 +233,22 @@ where W: WalTypes
             Arc::new(WorkerState::new(config.flush_queue_max_bytes()));
         let flush_metrics = Arc::new(AtomicFlushMetrics::default());
 
-        let (flush_tx, rx) = std::sync::mpsc::sync_channel(1024);
         let worker = FlushWorker::new(
-            rx,
             file_entry,
             worker_state.clone(),
             flush_metrics.clone(),
             config.clone(),
         );
 
-        let worker_handle = worker.spawn();
-
-        let flush_client = FlushClient::new(flush_tx, worker_state);
+        // Corvid patch: with `inline_flush` no thread is started; the client
+        // carries out each request in the call that sends it.
+        let flush_client = if config.inline_flush() {
+            FlushClient::new_inline(worker, worker_state)
+        } else {
+            let (flush_tx, rx) = std::sync::mpsc::sync_channel(1024);
+            let worker_handle = worker.spawn(rx);
+            FlushClient::new(flush_tx, worker_handle, worker_state)
+        };
 
         Self {
             config,
@@ -259,7 +257,6 @@ where W: WalTypes
             flush_client,
             on_chunk_persisted,
             flush_metrics,
-            worker_handle: Some(worker_handle),
             _dir_lock: dir_lock,
         }
     }
@@ -523,6 +520,9 @@ where W: WalTypes
     }
 
     /// Block until the FlushWorker has processed all requests sent so far.
+    ///
+    /// With `Config::inline_flush` every request was processed by the call
+    /// that sent it, so this returns at once.
     pub fn wait_worker_idle(&self) -> Result<(), io::Error> {
         self.flush_client.wait_idle()
     }
@@ -540,18 +540,15 @@ where W: WalTypes
     /// wants to observe a write or sync failure must call this method.
     /// Calling it more than once is harmless.
     pub fn shutdown(&mut self) -> Result<(), io::Error> {
-        let Some(handle) = self.worker_handle.take() else {
+        if self.flush_client.is_closed() {
             return Ok(());
-        };
+        }
 
         let flush_res = self.send_pending(true, None);
 
-        // Drop the sender so the worker returns once its queue is drained.
-        self.flush_client.close();
-
-        let join_res = handle
-            .join()
-            .map_err(|_panic| io::Error::other("flush worker thread panicked"));
+        // Corvid patch: closing joins the worker thread, or with
+        // `inline_flush` drops the worker, which has nothing left to do.
+        let join_res = self.flush_client.close();
 
         flush_res?;
         join_res?;
@@ -569,6 +566,16 @@ where W: WalTypes
     /// `true` it also calls `fsync` so the data is on stable storage; when
     /// `sync` is `false` it skips the fsync and durability is deferred to
     /// the next sync write that lands in the same or a later batch.
+    ///
+    /// With `Config::inline_flush` (a Corvid patch) all of that is done
+    /// before this returns, and `callback` and the chunk-persisted callback
+    /// are called from inside this call, on this thread, while the caller
+    /// holds the WAL mutably (and whatever lock guards it). Such a callback
+    /// must not use the WAL or take a lock its caller may hold around this
+    /// call, or it deadlocks; it should record the outcome (send on a
+    /// channel, set a flag) and return. The same goes for the other
+    /// request-sending methods (`send_remove_chunks`, `try_close_full_chunk`,
+    /// `shutdown`), which can trigger the chunk-persisted callback.
     pub fn send_pending(
         &mut self,
         sync: bool,

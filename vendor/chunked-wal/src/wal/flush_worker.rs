@@ -78,6 +78,32 @@ impl WorkerState {
         self.changed.notify_all();
     }
 
+    /// Returns the failure that stopped the worker, if any.
+    ///
+    /// Corvid patch: lets an inline flush refuse requests once it failed, as
+    /// the closed channel of a stopped worker thread does.
+    pub(crate) fn failure(&self) -> Result<(), io::Error> {
+        status_error(&self.progress.lock().unwrap().status)
+    }
+
+    /// Returns at once whether every request up to `target_seq` is done.
+    ///
+    /// Corvid patch: an inline flush finishes each request before its send
+    /// returns, so it never has anything to wait for; a request neither done
+    /// nor failed would be a bug, reported instead of waited on forever.
+    pub(crate) fn check_done(&self, target_seq: u64) -> Result<(), io::Error> {
+        let progress = self.progress.lock().unwrap();
+        if progress.done_seq >= target_seq {
+            return Ok(());
+        }
+
+        status_error(&progress.status)?;
+        Err(io::Error::other(format!(
+            "inline flush: request {} is not done, last done is {}",
+            target_seq, progress.done_seq
+        )))
+    }
+
     pub(crate) fn fail(&self, err: io::Error) {
         let mut progress = self.progress.lock().unwrap();
         progress.status = WorkerStatus::Failed(err);
@@ -106,10 +132,16 @@ fn status_error(status: &WorkerStatus) -> Result<(), io::Error> {
     }
 }
 
+/// Carries out write, sync and chunk requests, in the order they were sent.
+///
+/// Corvid patch: the worker no longer owns the request channel. On its own
+/// thread (the default, [`FlushWorker::spawn`]) it reads requests from the
+/// channel; with `Config::inline_flush` the `FlushClient` owns it and hands it
+/// each request as it is sent ([`FlushWorker::run_one`]). Both go through
+/// [`FlushWorker::process_batch`].
 pub(crate) struct FlushWorker<W>
 where W: WalTypes
 {
-    rx: Receiver<SeqRequest<W>>,
     files: Vec<FileEntry<W>>,
     metrics: Arc<AtomicFlushMetrics>,
     config: Arc<Config>,
@@ -120,24 +152,22 @@ impl<W> FlushWorker<W>
 where W: WalTypes
 {
     /// When starting, there is at most one open chunk file that is not sync.
-    pub(crate) fn spawn(self) -> JoinHandle<()> {
+    pub(crate) fn spawn(self, rx: Receiver<SeqRequest<W>>) -> JoinHandle<()> {
         std::thread::Builder::new()
             .name("chunked_wal_flush_worker".to_string())
             .spawn(move || {
-                self.run();
+                self.run(rx);
             })
             .expect("Failed to start sync worker thread")
     }
 
     pub(crate) fn new(
-        rx: Receiver<SeqRequest<W>>,
         file_entry: FileEntry<W>,
         worker_state: Arc<WorkerState>,
         metrics: Arc<AtomicFlushMetrics>,
         config: Arc<Config>,
     ) -> Self {
         Self {
-            rx,
             files: vec![file_entry],
             metrics,
             config,
@@ -151,10 +181,42 @@ where W: WalTypes
     /// callbacks. Catching its panics keeps a panicking callback from
     /// unwinding the thread silently, which would leave every
     /// `wait_worker_idle` caller blocked forever.
-    fn run(mut self) {
-        let res =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.run_inner()));
+    fn run(mut self, rx: Receiver<SeqRequest<W>>) {
+        let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.run_inner(&rx)
+        }));
 
+        self.stop(res);
+    }
+
+    /// Carries out one request on the caller's thread, as the worker thread
+    /// would: for `Config::inline_flush`.
+    ///
+    /// There is nothing to gather a batch from: every earlier request was
+    /// carried out by the call that sent it. A failure, or a panic in a
+    /// callback, is recorded in the worker state exactly as when it stops the
+    /// worker thread; the caller must then send nothing more.
+    ///
+    /// Corvid patch.
+    pub(crate) fn run_one(
+        &mut self,
+        batch: &mut WriteBatch<W>,
+        seq_req: SeqRequest<W>,
+    ) {
+        batch.reset();
+        batch.push_seq_request(seq_req);
+
+        let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.process_batch(batch, Duration::ZERO)
+        }));
+
+        if !matches!(res, Ok(Ok(()))) {
+            self.stop(res);
+        }
+    }
+
+    /// Records why the worker stopped, and frees what it held queued.
+    fn stop(&self, res: std::thread::Result<Result<(), io::Error>>) {
         // A stopped worker never frees queued write memory again. Release it
         // so a sender blocked on the byte limit wakes and sees the closed
         // channel instead of waiting forever.
@@ -173,7 +235,10 @@ where W: WalTypes
         self.worker_state.fail(err);
     }
 
-    fn run_inner(&mut self) -> Result<(), io::Error> {
+    fn run_inner(
+        &mut self,
+        rx: &Receiver<SeqRequest<W>>,
+    ) -> Result<(), io::Error> {
         // Write requests should be batched to maximize throughput. One batch
         // serves every iteration so its write vector is allocated once.
         let mut batch = WriteBatch::new(self.config.flush_batch_max_items());
@@ -181,109 +246,133 @@ where W: WalTypes
         loop {
             batch.reset();
 
-            let req = self.rx.recv();
+            let req = rx.recv();
             let Ok(seq_req) = req else {
                 log::info!("FlushWorker input channel closed, quit");
                 return Ok(());
             };
 
-            if !batch.push_seq_request(seq_req) {
-                let Some(SeqRequest { seq, req, .. }) =
-                    batch.last_non_flush.take()
-                else {
-                    unreachable!("non-write request must be stored");
-                };
-                self.handle_non_flush_request(req)?;
-                self.worker_state.complete(seq);
-                continue;
-            }
-
-            let group_wait = self.collect_write_batch(&mut batch);
-
-            debug!("batched write: {}", batch.writes.len());
-
-            let batch_bytes: usize =
-                batch.writes.iter().map(|w| w.write.data.len()).sum();
-
-            let sync_result = {
-                let last = self.files.last().unwrap();
-                let batch_start = Instant::now();
-                let mut batch_metrics =
-                    BatchMetrics::new(batch.writes.len(), group_wait);
-                for w in &batch.writes {
-                    batch_metrics.record_queued_write(batch_start, w);
-                }
-
-                let write_start = Instant::now();
-                let write_res =
-                    write_batch_at(&last.f, last.starting_offset, &batch.writes);
-                batch_metrics.record_write_time(write_start);
-
-                let need_sync = batch.writes.iter().any(|w| w.write.sync);
-
-                let sync_result = match write_res {
-                    Ok(()) if need_sync => {
-                        let upto_offset =
-                            batch.writes.last().unwrap().write.upto_offset;
-                        let sync_start = Instant::now();
-                        let res = self.sync_data_files(upto_offset);
-                        batch_metrics.record_sync_time(sync_start);
-                        if let Err(ref e) = res {
-                            log::error!(
-                                "Failed to flush upto offset {}: {}",
-                                upto_offset,
-                                e
-                            );
-                        }
-                        res
-                    }
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(e),
-                };
-
-                batch_metrics.record_batch_time(batch_start);
-                self.metrics.record_batch(batch_metrics);
-
-                sync_result
+            let group_wait = if batch.push_seq_request(seq_req) {
+                self.collect_write_batch(rx, &mut batch)
+            } else {
+                Duration::ZERO
             };
 
-            let mut max_seq = batch.max_seq;
-            let last_non_flush = batch.last_non_flush.take();
-
-            for w in batch.writes.drain(..) {
-                if let Some(cb) = w.write.callback {
-                    match &sync_result {
-                        Ok(()) => cb.send(Ok(())),
-                        Err(e) => {
-                            cb.send(Err(io::Error::new(
-                                e.kind(),
-                                e.to_string(),
-                            )));
-                        }
-                    }
-                }
-            }
-
-            self.worker_state.queued_bytes().release(batch_bytes);
-
-            sync_result?;
-
-            // Handle the last non-flush request
-            if let Some(SeqRequest {
-                seq: nf_seq,
-                req: last,
-                ..
-            }) = last_non_flush
-            {
-                self.handle_non_flush_request(last)?;
-                max_seq = max_seq.max(nf_seq);
-            }
-
-            self.worker_state.complete(max_seq);
+            self.process_batch(&mut batch, group_wait)?;
         }
     }
 
-    fn collect_write_batch(&self, batch: &mut WriteBatch<W>) -> Duration {
+    /// Carries out a batch: its writes, if any, then the request that ended
+    /// it, if any, and reports them done.
+    ///
+    /// A batch without writes holds one other request, which is carried out
+    /// alone. Corvid patch: taken out of `run_inner` so that an inline flush
+    /// runs the same code.
+    pub(crate) fn process_batch(
+        &mut self,
+        batch: &mut WriteBatch<W>,
+        group_wait: Duration,
+    ) -> Result<(), io::Error> {
+        if batch.writes.is_empty() {
+            let Some(SeqRequest { seq, req, .. }) =
+                batch.last_non_flush.take()
+            else {
+                return Ok(());
+            };
+            self.handle_non_flush_request(req)?;
+            self.worker_state.complete(seq);
+            return Ok(());
+        }
+
+        debug!("batched write: {}", batch.writes.len());
+
+        let batch_bytes: usize =
+            batch.writes.iter().map(|w| w.write.data.len()).sum();
+
+        let sync_result = {
+            let last = self.files.last().unwrap();
+            let batch_start = Instant::now();
+            let mut batch_metrics =
+                BatchMetrics::new(batch.writes.len(), group_wait);
+            for w in &batch.writes {
+                batch_metrics.record_queued_write(batch_start, w);
+            }
+
+            let write_start = Instant::now();
+            let write_res =
+                write_batch_at(&last.f, last.starting_offset, &batch.writes);
+            batch_metrics.record_write_time(write_start);
+
+            let need_sync = batch.writes.iter().any(|w| w.write.sync);
+
+            let sync_result = match write_res {
+                Ok(()) if need_sync => {
+                    let upto_offset =
+                        batch.writes.last().unwrap().write.upto_offset;
+                    let sync_start = Instant::now();
+                    let res = self.sync_data_files(upto_offset);
+                    batch_metrics.record_sync_time(sync_start);
+                    if let Err(ref e) = res {
+                        log::error!(
+                            "Failed to flush upto offset {}: {}",
+                            upto_offset,
+                            e
+                        );
+                    }
+                    res
+                }
+                Ok(()) => Ok(()),
+                Err(e) => Err(e),
+            };
+
+            batch_metrics.record_batch_time(batch_start);
+            self.metrics.record_batch(batch_metrics);
+
+            sync_result
+        };
+
+        let mut max_seq = batch.max_seq;
+        let last_non_flush = batch.last_non_flush.take();
+
+        for w in batch.writes.drain(..) {
+            if let Some(cb) = w.write.callback {
+                match &sync_result {
+                    Ok(()) => cb.send(Ok(())),
+                    Err(e) => {
+                        cb.send(Err(io::Error::new(
+                            e.kind(),
+                            e.to_string(),
+                        )));
+                    }
+                }
+            }
+        }
+
+        self.worker_state.queued_bytes().release(batch_bytes);
+
+        sync_result?;
+
+        // Handle the last non-flush request
+        if let Some(SeqRequest {
+            seq: nf_seq,
+            req: last,
+            ..
+        }) = last_non_flush
+        {
+            self.handle_non_flush_request(last)?;
+            max_seq = max_seq.max(nf_seq);
+        }
+
+        self.worker_state.complete(max_seq);
+
+        Ok(())
+    }
+
+    fn collect_write_batch(
+        &self,
+        rx: &Receiver<SeqRequest<W>>,
+        batch: &mut WriteBatch<W>,
+    ) -> Duration {
         let loop_started_at = Instant::now();
         let loop_deadline = loop_started_at + self.config.flush_batch_wait();
 
@@ -296,7 +385,7 @@ where W: WalTypes
             }
 
             let remaining = loop_deadline - now;
-            match self.rx.recv_timeout(remaining) {
+            match rx.recv_timeout(remaining) {
                 Ok(seq_req) => {
                     if !batch.push_seq_request(seq_req) {
                         break;
@@ -455,7 +544,6 @@ where
 mod tests {
     use std::io;
     use std::sync::Arc;
-    use std::sync::mpsc::Receiver;
     use std::sync::mpsc::SyncSender;
     use std::sync::mpsc::sync_channel;
     use std::time::Duration;
@@ -480,16 +568,12 @@ mod tests {
         type Callback = SyncSender<Result<(), io::Error>>;
     }
 
-    fn worker(
-        rx: Receiver<SeqRequest<TestWal>>,
-        flush_batch_wait: Duration,
-    ) -> FlushWorker<TestWal> {
+    fn worker(flush_batch_wait: Duration) -> FlushWorker<TestWal> {
         let mut config = Config::new("no-such-dir");
         config.flush_batch_wait = Some(flush_batch_wait);
         config.flush_batch_max_items = Some(8);
 
         FlushWorker {
-            rx,
             files: Vec::new(),
             metrics: Arc::new(AtomicFlushMetrics::default()),
             config: Arc::new(config),
@@ -536,8 +620,7 @@ mod tests {
 
     #[test]
     fn test_sync_data_files_empty_file_list() -> Result<(), io::Error> {
-        let (_tx, rx) = sync_channel(1);
-        let mut worker = worker(rx, Duration::ZERO);
+        let mut worker = worker(Duration::ZERO);
 
         worker.sync_data_files(10)?;
 
@@ -548,11 +631,11 @@ mod tests {
     #[test]
     fn test_collect_write_batch_stops_at_deadline() {
         let (_tx, rx) = sync_channel(1);
-        let worker = worker(rx, Duration::ZERO);
+        let worker = worker(Duration::ZERO);
         let mut batch = WriteBatch::new(8);
         assert!(batch.push_seq_request(write_request(1)));
 
-        worker.collect_write_batch(&mut batch);
+        worker.collect_write_batch(&rx, &mut batch);
 
         assert_eq!(1, batch.writes.len());
         assert_eq!(1, batch.max_seq);
@@ -571,11 +654,11 @@ mod tests {
         })
         .unwrap();
 
-        let worker = worker(rx, Duration::from_secs(1));
+        let worker = worker(Duration::from_secs(1));
         let mut batch = WriteBatch::new(8);
         assert!(batch.push_seq_request(write_request(1)));
 
-        worker.collect_write_batch(&mut batch);
+        worker.collect_write_batch(&rx, &mut batch);
 
         assert_eq!(1, batch.writes.len());
         assert_eq!(1, batch.max_seq);

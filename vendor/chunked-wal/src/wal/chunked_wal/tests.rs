@@ -172,9 +172,40 @@ fn no_sync_flush(wal: &mut ChunkedWal<TestWal>) -> Result<(), io::Error> {
 }
 
 fn temp_config() -> (tempfile::TempDir, Config) {
+    temp_config_in(Mode::Thread)
+}
+
+/// Where the flush worker runs in a test.
+///
+/// Corvid patch: tests that make sense in both modes run once in each, the
+/// inline one under the same name with `_inline` appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Thread,
+    Inline,
+}
+
+fn temp_config_in(mode: Mode) -> (tempfile::TempDir, Config) {
     let td = tempfile::tempdir().unwrap();
-    let config = Config::new(td.path().to_str().unwrap());
+    let mut config = Config::new(td.path().to_str().unwrap());
+    config.inline_flush = Some(mode == Mode::Inline);
     (td, config)
+}
+
+/// Defines `$name` running `$body_fn(Mode::Thread)` and `$inline_name`
+/// running `$body_fn(Mode::Inline)`.
+macro_rules! in_both_modes {
+    ($name:ident, $inline_name:ident, $body_fn:ident) => {
+        #[test]
+        fn $name() -> Result<(), io::Error> {
+            $body_fn(Mode::Thread)
+        }
+
+        #[test]
+        fn $inline_name() -> Result<(), io::Error> {
+            $body_fn(Mode::Inline)
+        }
+    };
 }
 
 fn records_in_chunk(
@@ -187,9 +218,14 @@ fn records_in_chunk(
         .collect()
 }
 
-#[test]
-fn test_open_append_flush_reopen() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_open_append_flush_reopen,
+    test_open_append_flush_reopen_inline,
+    check_open_append_flush_reopen
+);
+
+fn check_open_append_flush_reopen(mode: Mode) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -234,9 +270,14 @@ fn test_list_chunk_ids_ignores_invalid_file_names() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_rotate_chunk_writes_checkpoint() -> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_rotate_chunk_writes_checkpoint,
+    test_rotate_chunk_writes_checkpoint_inline,
+    check_rotate_chunk_writes_checkpoint
+);
+
+fn check_rotate_chunk_writes_checkpoint(mode: Mode) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.chunk_max_records = Some(3);
 
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -262,6 +303,9 @@ fn test_rotate_chunk_writes_checkpoint() -> Result<(), io::Error> {
     Ok(())
 }
 
+// Thread mode only: it parks the worker thread inside a callback while the
+// test goes on, which an inline worker, running on the test's own thread,
+// cannot do.
 #[test]
 fn test_reopen_recovers_crash_before_predecessor_sync() -> Result<(), io::Error>
 {
@@ -347,9 +391,16 @@ fn test_reopen_recovers_crash_before_predecessor_sync() -> Result<(), io::Error>
     Ok(())
 }
 
-#[test]
-fn test_reopen_removes_incomplete_tail_chunks() -> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_reopen_removes_incomplete_tail_chunks,
+    test_reopen_removes_incomplete_tail_chunks_inline,
+    check_reopen_removes_incomplete_tail_chunks
+);
+
+fn check_reopen_removes_incomplete_tail_chunks(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.truncate_incomplete_record = Some(false);
 
     let first_tail_id = {
@@ -384,10 +435,16 @@ fn test_reopen_removes_incomplete_tail_chunks() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_reopen_starts_a_new_chunk_after_the_last_healthy_one()
--> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_reopen_starts_a_new_chunk_after_the_last_healthy_one,
+    test_reopen_starts_a_new_chunk_after_the_last_healthy_one_inline,
+    check_reopen_starts_a_new_chunk_after_the_last_healthy_one
+);
+
+fn check_reopen_starts_a_new_chunk_after_the_last_healthy_one(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.chunk_max_records = Some(3);
 
     let open_chunk_id = {
@@ -416,9 +473,16 @@ fn test_reopen_starts_a_new_chunk_after_the_last_healthy_one()
     Ok(())
 }
 
-#[test]
-fn test_reopen_truncates_incomplete_last_record() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_reopen_truncates_incomplete_last_record,
+    test_reopen_truncates_incomplete_last_record_inline,
+    check_reopen_truncates_incomplete_last_record
+);
+
+fn check_reopen_truncates_incomplete_last_record(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     let truncated_from = {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -458,9 +522,14 @@ fn test_reopen_truncates_incomplete_last_record() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_reopen_truncates_trailing_zeroes() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_reopen_truncates_trailing_zeroes,
+    test_reopen_truncates_trailing_zeroes_inline,
+    check_reopen_truncates_trailing_zeroes
+);
+
+fn check_reopen_truncates_trailing_zeroes(mode: Mode) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     let original_len = {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -500,9 +569,16 @@ fn test_reopen_truncates_trailing_zeroes() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_reopen_rejects_damaged_trailing_checkpoint() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_reopen_rejects_damaged_trailing_checkpoint,
+    test_reopen_rejects_damaged_trailing_checkpoint_inline,
+    check_reopen_rejects_damaged_trailing_checkpoint
+);
+
+fn check_reopen_rejects_damaged_trailing_checkpoint(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -536,10 +612,16 @@ fn test_reopen_rejects_damaged_trailing_checkpoint() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_reopen_rejects_damaged_non_tail_chunk_without_truncating()
--> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_reopen_rejects_damaged_non_tail_chunk_without_truncating,
+    test_reopen_rejects_damaged_non_tail_chunk_without_truncating_inline,
+    check_reopen_rejects_damaged_non_tail_chunk_without_truncating
+);
+
+fn check_reopen_rejects_damaged_non_tail_chunk_without_truncating(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.chunk_max_records = Some(3);
 
     let (chunk_id, damaged_len) = {
@@ -572,9 +654,16 @@ fn test_reopen_rejects_damaged_non_tail_chunk_without_truncating()
     Ok(())
 }
 
-#[test]
-fn test_on_chunk_persisted_called_on_recovery() -> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_on_chunk_persisted_called_on_recovery,
+    test_on_chunk_persisted_called_on_recovery_inline,
+    check_on_chunk_persisted_called_on_recovery
+);
+
+fn check_on_chunk_persisted_called_on_recovery(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.chunk_max_records = Some(3);
 
     {
@@ -604,9 +693,16 @@ fn test_on_chunk_persisted_called_on_recovery() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_on_chunk_persisted_tracks_rotated_file() -> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_on_chunk_persisted_tracks_rotated_file,
+    test_on_chunk_persisted_tracks_rotated_file_inline,
+    check_on_chunk_persisted_tracks_rotated_file
+);
+
+fn check_on_chunk_persisted_tracks_rotated_file(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.chunk_max_records = Some(3);
 
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -627,9 +723,14 @@ fn test_on_chunk_persisted_tracks_rotated_file() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_loaded_chunk_accessors() -> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_loaded_chunk_accessors,
+    test_loaded_chunk_accessors_inline,
+    check_loaded_chunk_accessors
+);
+
+fn check_loaded_chunk_accessors(mode: Mode) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.chunk_max_records = Some(3);
 
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -694,10 +795,16 @@ fn test_loaded_chunk_accessors() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_drain_closed_chunks_while_stops_at_first_unmatched()
--> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_drain_closed_chunks_while_stops_at_first_unmatched,
+    test_drain_closed_chunks_while_stops_at_first_unmatched_inline,
+    check_drain_closed_chunks_while_stops_at_first_unmatched
+);
+
+fn check_drain_closed_chunks_while_stops_at_first_unmatched(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     config.chunk_max_records = Some(3);
 
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -735,9 +842,14 @@ fn test_drain_closed_chunks_while_stops_at_first_unmatched()
     Ok(())
 }
 
-#[test]
-fn test_lock_blocks_second_open_and_dump() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_lock_blocks_second_open_and_dump,
+    test_lock_blocks_second_open_and_dump_inline,
+    check_lock_blocks_second_open_and_dump
+);
+
+fn check_lock_blocks_second_open_and_dump(mode: Mode) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (wal, _sm) = open_wal(&config, calls.clone())?;
@@ -763,10 +875,16 @@ fn test_lock_blocks_second_open_and_dump() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_flush_without_sync_writes_without_advancing_sync_id()
--> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_flush_without_sync_writes_without_advancing_sync_id,
+    test_flush_without_sync_writes_without_advancing_sync_id_inline,
+    check_flush_without_sync_writes_without_advancing_sync_id
+);
+
+fn check_flush_without_sync_writes_without_advancing_sync_id(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (mut wal, mut sm) = open_wal(&config, calls)?;
 
@@ -793,9 +911,16 @@ fn test_flush_without_sync_writes_without_advancing_sync_id()
     Ok(())
 }
 
-#[test]
-fn test_bounded_flush_queue_persists_every_record() -> Result<(), io::Error> {
-    let (_td, mut config) = temp_config();
+in_both_modes!(
+    test_bounded_flush_queue_persists_every_record,
+    test_bounded_flush_queue_persists_every_record_inline,
+    check_bounded_flush_queue_persists_every_record
+);
+
+fn check_bounded_flush_queue_persists_every_record(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(mode);
     // One byte forces every send to wait for the worker to drain the queue,
     // so a byte reservation the worker forgets to release would deadlock.
     config.flush_queue_max_bytes = Some(1);
@@ -821,9 +946,16 @@ fn test_bounded_flush_queue_persists_every_record() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_writes_ignore_a_moved_file_cursor() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_writes_ignore_a_moved_file_cursor,
+    test_writes_ignore_a_moved_file_cursor_inline,
+    check_writes_ignore_a_moved_file_cursor
+);
+
+fn check_writes_ignore_a_moved_file_cursor(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -848,9 +980,16 @@ fn test_writes_ignore_a_moved_file_cursor() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_shutdown_persists_pending_records() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_shutdown_persists_pending_records,
+    test_shutdown_persists_pending_records_inline,
+    check_shutdown_persists_pending_records
+);
+
+fn check_shutdown_persists_pending_records(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -869,9 +1008,14 @@ fn test_shutdown_persists_pending_records() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_drop_persists_pending_records() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_drop_persists_pending_records,
+    test_drop_persists_pending_records_inline,
+    check_drop_persists_pending_records
+);
+
+fn check_drop_persists_pending_records(mode: Mode) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -887,9 +1031,16 @@ fn test_drop_persists_pending_records() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_shutdown_rejects_later_requests_and_repeats() -> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_shutdown_rejects_later_requests_and_repeats,
+    test_shutdown_rejects_later_requests_and_repeats_inline,
+    check_shutdown_rejects_later_requests_and_repeats
+);
+
+fn check_shutdown_rejects_later_requests_and_repeats(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (mut wal, mut sm) = open_wal(&config, calls)?;
 
@@ -908,10 +1059,16 @@ fn test_shutdown_rejects_later_requests_and_repeats() -> Result<(), io::Error> {
     Ok(())
 }
 
-#[test]
-fn test_callback_panic_fails_worker_instead_of_blocking_waiters()
--> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_callback_panic_fails_worker_instead_of_blocking_waiters,
+    test_callback_panic_fails_worker_instead_of_blocking_waiters_inline,
+    check_callback_panic_fails_worker_instead_of_blocking_waiters
+);
+
+fn check_callback_panic_fails_worker_instead_of_blocking_waiters(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
 
     let on_chunk_persisted: ChunkPersistedFn<TestWal> =
         Arc::new(|_persisted, _checkpoint| panic!("callback panic"));
@@ -933,10 +1090,16 @@ fn test_callback_panic_fails_worker_instead_of_blocking_waiters()
     Ok(())
 }
 
-#[test]
-fn test_worker_failure_wakes_waiter_and_fails_later_waits()
--> Result<(), io::Error> {
-    let (_td, config) = temp_config();
+in_both_modes!(
+    test_worker_failure_wakes_waiter_and_fails_later_waits,
+    test_worker_failure_wakes_waiter_and_fails_later_waits_inline,
+    check_worker_failure_wakes_waiter_and_fails_later_waits
+);
+
+fn check_worker_failure_wakes_waiter_and_fails_later_waits(
+    mode: Mode,
+) -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(mode);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (mut wal, _sm) = open_wal(&config, calls)?;
 
@@ -946,12 +1109,102 @@ fn test_worker_failure_wakes_waiter_and_fails_later_waits()
     assert_eq!(io::ErrorKind::NotFound, err.kind());
 
     let res = wal.send_remove_chunks(vec![ChunkId(999)]);
+    // A worker thread may not have stopped yet; an inline one has.
+    if mode == Mode::Inline {
+        assert!(res.is_err(), "a failed inline WAL must refuse requests");
+    }
     if let Err(err) = res {
         assert_eq!(io::ErrorKind::Other, err.kind());
     }
 
     let err = wal.wait_worker_idle().unwrap_err();
     assert_eq!(io::ErrorKind::NotFound, err.kind());
+
+    Ok(())
+}
+
+/// Corvid patch: with `inline_flush`, a sync write is done when its send
+/// returns: written, synced, its callback called, the chunk-persisted
+/// callback called, its queued bytes released and nothing left to wait for.
+#[test]
+fn test_inline_send_returns_with_the_write_done() -> Result<(), io::Error> {
+    let (_td, config) = temp_config_in(Mode::Inline);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (mut wal, mut sm) = open_wal(&config, calls.clone())?;
+
+    append_action(&mut wal, &mut sm, "a")?;
+    let (tx, rx) = sync_channel(1);
+    wal.send_pending(true, Some(tx))?;
+
+    // No waiting: the callback's result is already in the channel.
+    rx.try_recv()
+        .map_err(|e| io::Error::other(format!("no callback yet: {e}")))??;
+    let synced_to = wal.open.chunk.global_end();
+    assert_eq!(
+        vec![PersistedCall {
+            starting_offset: 0,
+            synced_offset: synced_to,
+            checkpoint: None,
+        }],
+        *calls.lock().unwrap()
+    );
+    assert_eq!(wal.flush_client.sent_seq(), wal.flush_client.done_seq());
+    assert_eq!(0, wal.flush_client.queued_bytes_used());
+    assert_eq!(1, wal.flush_metrics().batch_count);
+    assert_eq!(
+        vec![WALRecord::Checkpoint(String::new()), action("a")],
+        records_in_chunk(&config, ChunkId(0))?
+    );
+
+    // A write without sync is written (readable through another file
+    // description) but advances no sync point.
+    append_action(&mut wal, &mut sm, "b")?;
+    let (tx, rx) = sync_channel(1);
+    wal.send_pending(false, Some(tx))?;
+    rx.try_recv()
+        .map_err(|e| io::Error::other(format!("no callback yet: {e}")))??;
+    assert_eq!(1, calls.lock().unwrap().len());
+    assert_eq!(
+        vec![WALRecord::Checkpoint(String::new()), action("a"), action("b")],
+        records_in_chunk(&config, ChunkId(0))?
+    );
+    assert_eq!(0, wal.flush_client.queued_bytes_used());
+
+    wal.wait_worker_idle()?;
+    Ok(())
+}
+
+/// Corvid patch: with `inline_flush`, a rotation's requests (sync, cut the
+/// closing chunk, first record of the next) and a chunk removal are all done
+/// when the calls that send them return.
+#[test]
+fn test_inline_rotation_and_removal_are_done_on_return()
+-> Result<(), io::Error> {
+    let (_td, mut config) = temp_config_in(Mode::Inline);
+    config.chunk_max_records = Some(3);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (mut wal, mut sm) = open_wal(&config, calls)?;
+
+    for value in ["a", "b", "c"] {
+        append_action(&mut wal, &mut sm, value)?;
+    }
+
+    // The closed chunk was cut to its records when the rotation returned,
+    // and the new chunk's checkpoint is on disk already.
+    let closed_len = wal.open_chunk_id().offset();
+    let size = |id| std::fs::metadata(config.chunk_path(id)).map(|m| m.len());
+    assert_eq!(closed_len, size(ChunkId(0))?);
+    assert_eq!(
+        vec![WALRecord::Checkpoint("a,b".to_string())],
+        records_in_chunk(&config, wal.open_chunk_id())?
+    );
+
+    let drained =
+        wal.drain_closed_chunks_while(|checkpoint| checkpoint == "a,b");
+    assert_eq!(vec![ChunkId(0)], drained);
+    wal.send_remove_chunks(drained)?;
+    assert!(!std::path::Path::new(&config.chunk_path(ChunkId(0))).exists());
+    assert_eq!(wal.flush_client.sent_seq(), wal.flush_client.done_seq());
 
     Ok(())
 }
