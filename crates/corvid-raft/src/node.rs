@@ -263,7 +263,7 @@ impl Node {
     pub async fn open(config: NodeConfig, effects: EffectSink) -> Result<Node, NodeError> {
         // Opening may repair the file after a crash, which reads all of it.
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(dir, effects))
+        let store = corvid_store::replay::blocking(move || Store::open(dir, effects))
             .await
             .map_err(|e| NodeError::Fatal(format!("opening the store failed: {e}")))??;
         let Store {
@@ -372,12 +372,14 @@ impl Node {
     /// Records the configured cluster id, or a fresh random one, unless the directory
     /// belongs to a cluster already; returns the one it belongs to.
     async fn record_cluster_id(&self) -> Result<ClusterId, NodeError> {
-        let id = self
-            .expected_cluster
-            .unwrap_or_else(|| ClusterId(rand::random()));
+        let id = self.expected_cluster.unwrap_or_else(|| {
+            let mut id = [0; 16];
+            corvid_store::replay::fill_random(&mut id);
+            ClusterId(id)
+        });
         let reader = self.reader.clone();
         // A durable write: off the runtime's threads.
-        let recorded = tokio::task::spawn_blocking(move || reader.record_cluster_id(id))
+        let recorded = corvid_store::replay::blocking(move || reader.record_cluster_id(id))
             .await
             .map_err(|e| NodeError::Fatal(format!("recording the cluster id failed: {e}")))??;
         Ok(recorded)

@@ -12,7 +12,7 @@
 //! covers were never emitted here: every subscriber is told so ([`Queued::StateReplaced`])
 //! and rereads its inbox after the last message it delivered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -205,11 +205,13 @@ struct Subscriber {
     queue: Arc<EventQueue>,
 }
 
+/// Ordered maps, so that what is done to every subscriber (a replaced state) happens in
+/// the same order every time: a replayed simulation depends on it (`corvid_store::replay`).
 #[derive(Default)]
 struct Registry {
-    by_account: HashMap<AccountId, Vec<Subscriber>>,
+    by_account: BTreeMap<AccountId, Vec<Subscriber>>,
     /// Live subscriptions per folded username, for the `online` flag of listings.
-    online: HashMap<String, usize>,
+    online: BTreeMap<String, usize>,
 }
 
 #[derive(Default)]

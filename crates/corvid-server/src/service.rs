@@ -7,9 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rand::RngCore;
 use tokio::sync::Notify;
 
 use corvid_core::query::{self, QueryError};
@@ -871,15 +870,13 @@ fn unexpected(outcome: Outcome) -> ApiError {
 
 fn new_token() -> Token {
     let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    corvid_store::replay::fill_random(&mut bytes);
     Token(bytes)
 }
 
 /// Wall-clock milliseconds, stamped into commands by the server that proposes them.
 pub fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    corvid_store::replay::unix_millis()
 }
 
 #[cfg(test)]

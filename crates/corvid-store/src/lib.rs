@@ -81,6 +81,7 @@ pub mod identity;
 pub mod log;
 mod member;
 pub mod metrics;
+pub mod replay;
 mod schema;
 mod snapshot;
 pub mod state;
@@ -92,6 +93,7 @@ pub use error::StoreError;
 pub use identity::{ClusterId, FORMAT_VERSION};
 pub use log::{LogReader, LogStore};
 pub use member::{ClientAddrs, Member};
+pub use snapshot::SnapshotFile;
 pub use state::{SnapshotBuilder, StateMachine};
 pub use store::{
     Closed, StateDigest, Store, StoreMetrics, StoreReader, LOG_DIR, SNAPSHOT_DIR, STATE_FILE,

@@ -202,6 +202,9 @@ pub(crate) fn config(dir: &std::path::Path) -> raft_log::Config {
     config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
     config.log_cache_capacity = Some(CACHE_BYTES);
     config.log_cache_max_items = Some(CACHE_ENTRIES);
+    // In replay mode, no flush thread: each flush is written and fsync'd inside the call
+    // that hands it over (see `crate::replay`).
+    config.wal.inline_flush = Some(crate::replay::is_enabled());
     config
 }
 

@@ -316,3 +316,105 @@ mod tests {
         assert!(rows(&bad_version).is_err());
     }
 }
+
+/// openraft's snapshot data: a snapshot file, read and written through tokio's blocking
+/// pool, or in replay mode (see [`crate::replay`]) on the calling thread, at once.
+#[derive(Debug)]
+pub enum SnapshotFile {
+    Pooled(tokio::fs::File),
+    Inline(File),
+}
+
+impl SnapshotFile {
+    pub fn from_std(file: File) -> SnapshotFile {
+        if crate::replay::is_enabled() {
+            SnapshotFile::Inline(file)
+        } else {
+            SnapshotFile::Pooled(tokio::fs::File::from_std(file))
+        }
+    }
+
+    pub async fn open(path: PathBuf) -> io::Result<SnapshotFile> {
+        let file = crate::replay::blocking(move || File::open(path))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(SnapshotFile::from_std(file))
+    }
+
+    /// The file, once every write handed to it is done.
+    pub async fn into_std(self) -> File {
+        match self {
+            SnapshotFile::Pooled(file) => file.into_std().await,
+            SnapshotFile::Inline(file) => file,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SnapshotFile {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            SnapshotFile::Pooled(file) => std::pin::Pin::new(file).poll_read(cx, buf),
+            SnapshotFile::Inline(file) => {
+                let read = file.read(buf.initialize_unfilled())?;
+                buf.advance(read);
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SnapshotFile {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SnapshotFile::Pooled(file) => std::pin::Pin::new(file).poll_write(cx, data),
+            SnapshotFile::Inline(file) => std::task::Poll::Ready(file.write(data)),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            SnapshotFile::Pooled(file) => std::pin::Pin::new(file).poll_flush(cx),
+            SnapshotFile::Inline(file) => std::task::Poll::Ready(file.flush()),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            SnapshotFile::Pooled(file) => std::pin::Pin::new(file).poll_shutdown(cx),
+            SnapshotFile::Inline(file) => std::task::Poll::Ready(file.flush()),
+        }
+    }
+}
+
+impl tokio::io::AsyncSeek for SnapshotFile {
+    fn start_seek(self: std::pin::Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        match self.get_mut() {
+            SnapshotFile::Pooled(file) => std::pin::Pin::new(file).start_seek(position),
+            SnapshotFile::Inline(file) => io::Seek::seek(file, position).map(drop),
+        }
+    }
+
+    fn poll_complete(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<u64>> {
+        match self.get_mut() {
+            SnapshotFile::Pooled(file) => std::pin::Pin::new(file).poll_complete(cx),
+            SnapshotFile::Inline(file) => std::task::Poll::Ready(io::Seek::stream_position(file)),
+        }
+    }
+}

@@ -33,7 +33,7 @@ use crate::error::{join_error, StoreError};
 use crate::schema::{
     encode, get_meta, state_table, SnapshotRecord, LAST_APPLIED, LAST_MEMBERSHIP, SM_META, SNAPSHOT,
 };
-use crate::snapshot::{self, SnapshotDir};
+use crate::snapshot::{self, SnapshotDir, SnapshotFile};
 use crate::store::Shared;
 use crate::tables::{ReadTables, WriteTables};
 use crate::typ::{
@@ -52,7 +52,7 @@ pub struct StateMachine {
     effects: EffectSink,
     snapshots: Arc<SnapshotDir>,
     /// When a state transaction was last committed with fsync.
-    last_sync: Instant,
+    last_sync: tokio::time::Instant,
 }
 
 /// Builds a snapshot from a read transaction, concurrently with `apply`.
@@ -71,7 +71,7 @@ impl StateMachine {
             shared,
             effects,
             snapshots,
-            last_sync: Instant::now(),
+            last_sync: tokio::time::Instant::now(),
         }
     }
 }
@@ -280,7 +280,7 @@ async fn open_snapshot(
     snapshots: &SnapshotDir,
     record: SnapshotRecord,
 ) -> Result<Option<Snapshot>, StoreError> {
-    match tokio::fs::File::open(snapshots.path().join(&record.file)).await {
+    match SnapshotFile::open(snapshots.path().join(&record.file)).await {
         Ok(file) => Ok(Some(Snapshot {
             meta: record.meta,
             snapshot: Box::new(file),
@@ -296,7 +296,7 @@ async fn open_snapshot(
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (shared, snapshots) = (self.shared.clone(), self.snapshots.clone());
-        let record = tokio::task::spawn_blocking(move || build_snapshot(&shared, &snapshots))
+        let record = crate::replay::blocking(move || build_snapshot(&shared, &snapshots))
             .await
             .map_err(|e| join_error(e).write_snapshot())?
             .map_err(StoreError::write_snapshot)?;
@@ -337,14 +337,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let sync = self.last_sync.elapsed() >= SYNC_INTERVAL;
         let shared = self.shared.clone();
         let sink = self.effects.clone();
-        let outcomes =
-            tokio::task::spawn_blocking(move || apply_batch(&shared, &entries, sync, &sink))
-                .await
-                .map_err(|e| join_error(e).write_state_machine())?
-                .map_err(StoreError::write_state_machine)?;
+        let outcomes = crate::replay::blocking(move || apply_batch(&shared, &entries, sync, &sink))
+            .await
+            .map_err(|e| join_error(e).write_state_machine())?
+            .map_err(StoreError::write_state_machine)?;
         let counters = &self.shared.counters;
         if sync {
-            self.last_sync = Instant::now();
+            self.last_sync = tokio::time::Instant::now();
             counters.state_syncs.fetch_add(1, Ordering::Relaxed);
         }
         counters.apply_batches.fetch_add(1, Ordering::Relaxed);
@@ -367,7 +366,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // is abandoned, and `install_snapshot` copies it into a named file.
         let file = tempfile::tempfile_in(self.snapshots.path())
             .map_err(|e| StoreError::Io(e).write_snapshot())?;
-        Ok(Box::new(tokio::fs::File::from_std(file)))
+        Ok(Box::new(SnapshotFile::from_std(file)))
     }
 
     async fn install_snapshot(
@@ -387,7 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let received = received.into_std().await;
         let (shared, snapshots, meta) = (self.shared.clone(), self.snapshots.clone(), meta.clone());
         let sink = self.effects.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::replay::blocking(move || {
             install_snapshot(&shared, &snapshots, meta, received, &sink)
         })
         .await

@@ -22,7 +22,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = crate::snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -43,7 +43,7 @@ pub type Membership = openraft::Membership<NodeId, Member>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
-pub type SnapshotData = tokio::fs::File;
+pub type SnapshotData = crate::snapshot::SnapshotFile;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 
 pub type StorageError = openraft::StorageError<NodeId>;

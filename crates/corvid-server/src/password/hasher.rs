@@ -7,7 +7,6 @@
 //! (docs/benchmarks.md, `login-flood`). A [`Hasher`] allocates its block once and reuses
 //! it, so the memory spent on passwords is the number of hashers times 19 MiB.
 
-use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
@@ -41,7 +40,7 @@ impl Hasher {
     pub fn hash(&mut self, password: &str) -> Result<String, HashError> {
         let params = Params::DEFAULT;
         let mut salt = [0u8; SALT_BYTES];
-        OsRng.fill_bytes(&mut salt);
+        corvid_store::replay::fill_random(&mut salt);
         let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
             .hash_password_into_with_memory(
@@ -141,7 +140,7 @@ mod tests {
         assert!(Argon2::default()
             .verify_password(b"wrong horse", &parsed)
             .is_err());
-        let salt = SaltString::generate(&mut OsRng);
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let theirs = Argon2::default()
             .hash_password(b"correct horse", &salt)
             .unwrap()

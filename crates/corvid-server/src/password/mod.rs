@@ -13,7 +13,9 @@ mod pool;
 mod throttle;
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use corvid_core::{ApiError, ErrorCode};
 

@@ -30,6 +30,9 @@ type Job = Box<dyn FnOnce(&mut Hasher) + Send>;
 pub struct HashingPool {
     jobs: SyncSender<Job>,
     occupancy: Arc<Occupancy>,
+    /// In replay mode (see `corvid_store::replay`) there are no threads: each job runs on
+    /// the caller's thread with this hasher.
+    inline: Option<Mutex<Hasher>>,
 }
 
 /// How many jobs wait and run, and the most that ever ran at once.
@@ -44,15 +47,26 @@ impl HashingPool {
     /// Starts `threads` hashing threads (at least one) behind a queue of `queue` jobs.
     pub fn new(threads: usize, queue: usize) -> std::io::Result<HashingPool> {
         let (jobs, waiting) = mpsc::sync_channel::<Job>(queue);
-        let waiting = Arc::new(Mutex::new(waiting));
         let occupancy = Arc::new(Occupancy::default());
+        if corvid_store::replay::is_enabled() {
+            return Ok(HashingPool {
+                jobs,
+                occupancy,
+                inline: Some(Mutex::new(Hasher::new())),
+            });
+        }
+        let waiting = Arc::new(Mutex::new(waiting));
         for index in 0..threads.max(1) {
             let (waiting, occupancy) = (waiting.clone(), occupancy.clone());
             std::thread::Builder::new()
                 .name(format!("corvid-password-{index}"))
                 .spawn(move || work(&waiting, &occupancy))?;
         }
-        Ok(HashingPool { jobs, occupancy })
+        Ok(HashingPool {
+            jobs,
+            occupancy,
+            inline: None,
+        })
     }
 
     /// Runs `job` on a pool thread with that thread's hasher, and returns its result; or
@@ -62,6 +76,10 @@ impl HashingPool {
         F: FnOnce(&mut Hasher) -> R + Send + 'static,
         R: Send + 'static,
     {
+        if let Some(hasher) = &self.inline {
+            let mut hasher = hasher.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(job(&mut hasher));
+        }
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |hasher| {
             // The caller may have gone away; the work is done either way.

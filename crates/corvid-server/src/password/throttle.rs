@@ -40,7 +40,10 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock, which is the system's except in a simulation with paused time.
+use tokio::time::Instant;
 
 /// Where a request came from, as far as the login throttle cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
