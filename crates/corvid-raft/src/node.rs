@@ -519,7 +519,7 @@ impl Node {
                     "no read index from a leader in time".into(),
                 ));
             }
-            pause(&self.raft, deadline).await;
+            pause(&self.raft, deadline).await?;
         }
     }
 
@@ -756,13 +756,28 @@ pub(crate) async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Option<(N
     }
 }
 
-/// Waits a little before a call to the leader is retried: until the metrics change (a new
-/// leader, say), [`RETRY_PAUSE`], or `deadline`, whichever comes first.
-pub(crate) async fn pause(raft: &Raft, deadline: Instant) {
+/// Waits a little before a call to the leader is retried: until the leader or the vote
+/// changes, [`RETRY_PAUSE`], or `deadline`, whichever comes first. Other changes to the
+/// metrics do not end the wait: a leadership check or a call to a leader moves replication
+/// figures, and the retry would come back at once, round and round, until the deadline.
+/// Fails once this server's Raft has stopped (its metrics end): a retry could only find
+/// the same stale leader again.
+pub(crate) async fn pause(raft: &Raft, deadline: Instant) -> Result<(), NodeError> {
     let mut metrics = raft.metrics();
-    metrics.borrow_and_update();
+    let before = {
+        let now = metrics.borrow_and_update();
+        (now.current_leader, now.vote)
+    };
     let until = deadline.min(Instant::now() + RETRY_PAUSE);
-    let _ = tokio::time::timeout_at(until, metrics.changed()).await;
+    let moved = metrics.wait_for(|now| (now.current_leader, now.vote) != before);
+    let running = tokio::time::timeout_at(until, moved)
+        .await
+        .map_or(true, |changed| changed.is_ok());
+    if running {
+        Ok(())
+    } else {
+        Err(NodeError::Unavailable("this server is stopping".into()))
+    }
 }
 
 /// Watches the membership: once this server is not in it (it was removed), it stops

@@ -324,7 +324,9 @@ async fn forward(
                 batch,
             );
         }
-        pause(&raft, deadline).await;
+        if let Err(stopping) = pause(&raft, deadline).await {
+            return fail_pending(stopping, batch);
+        }
     }
 }
 
