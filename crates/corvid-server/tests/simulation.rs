@@ -28,15 +28,18 @@
 //! nothing was pushed that was never sent; each inbox (read through every server) holds
 //! exactly the acknowledged messages, in order.
 //!
-//! What a seed replays, and what it does not: the seed fixes the fault schedule (when each
-//! fault comes and what it is), every user's operations (recipients, pauses, the servers
-//! tried) and the odds of each drop and delay. The nodes run on a real multi-threaded tokio
-//! runtime with real time, the storage's own threads (the log's flush thread, redb,
-//! `spawn_blocking`) and openraft's own random election timeouts, so which server leads,
-//! which calls a drop hits and how operations interleave differ from run to run: a seed
-//! replays the same schedule and workload, not the same interleaving. A failure prints
-//! its seed and the command that runs it again; `CORVID_SIM_SEEDS=N` runs N seeds (a
-//! soak), `CORVID_SIM_SEED=S` only seed S.
+//! A seed replays the same run. It fixes the fault schedule (when each fault comes and what
+//! it is), every user's operations (recipients, pauses, the servers tried), the odds of each
+//! drop and delay, and each server's election timeout; and the run itself happens the same
+//! way every time: all five servers, their users and the network run on one tokio
+//! current-thread runtime with paused time (it jumps to the next timer whenever every task
+//! waits) and a seeded `select!`, with the storage's blocking work, the log's fsyncs and the
+//! servers' randomness and wall clock in replay mode (`corvid_store::replay`). Each run ends
+//! with a digest of what happened (every committed entry, every acknowledgement and push,
+//! the leaders, the virtual time taken), and `a_seed_replays_the_same_run` checks that
+//! running a seed twice gives the same digest. A failure prints its seed and the command
+//! that runs it again; `CORVID_SIM_SEEDS=N` runs N seeds (a soak), `CORVID_SIM_SEED=S` only
+//! seed S.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -65,8 +68,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Seeds run when `CORVID_SIM_SEEDS` does not say.
 const SEEDS: u64 = 100;
-/// Seeds run at once, each its own cluster on its own runtime.
+/// Seeds run at once, each its own cluster on its own runtime and thread.
 const PARALLEL_RUNS: usize = 2;
+/// Real time one seed may take. A run takes about a second; one that takes this long has
+/// a task that never waits.
+const REAL_TIME_LIMIT: Duration = Duration::from_secs(120);
 const SERVERS: u64 = 5;
 /// At most this many servers are down at once: a majority of five always remains.
 const MAX_DOWN: usize = 2;
@@ -86,12 +92,11 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(30);
 /// Snapshots (and log purges behind them) come often, so that restarted servers catch up
 /// by snapshot as well as by log.
 const SNAPSHOT_EVERY: u64 = 10;
-/// Elections on an in-process network take a few heartbeats.
-const TIMING: RaftTiming = RaftTiming {
-    heartbeat_ms: 30,
-    election_timeout_min_ms: 120,
-    election_timeout_max_ms: 240,
-};
+/// Elections on an in-process network take a few heartbeats. openraft draws each server's
+/// election timeout from its range with a generator of its own, so each server's range is
+/// one millisecond wide, drawn by the seed from this one.
+const HEARTBEAT_MS: u64 = 30;
+const ELECTION_TIMEOUT_MS: std::ops::Range<u64> = 120..240;
 const CLUSTER: ClusterId = ClusterId([9; 16]);
 /// A well-formed argon2id hash: accounts are made by proposing `CreateAccount` directly, so
 /// no password is hashed (the password service is not what is simulated).
@@ -108,7 +113,7 @@ fn a_five_server_cluster_under_faults_loses_duplicates_and_reorders_nothing() {
             (1..=count).collect()
         }
     };
-    // Runs spend most of their time waiting (timeouts, fsyncs), so a few share the cores.
+    // A run keeps one thread busy (its clock is virtual), so runs go side by side.
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<String>> = Mutex::default();
     std::thread::scope(|scope| {
@@ -130,22 +135,70 @@ fn a_five_server_cluster_under_faults_loses_duplicates_and_reorders_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// Runs one seed on a runtime of its own; a failure says what went wrong and how to
-/// replay it.
-fn run_seed(seed: u64) -> Result<(), String> {
-    let replay = format!("CORVID_SIM_SEED={seed} cargo test -p corvid-server --test simulation");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// The same seed, run twice, does the same thing: the same entries committed in the same
+/// order, the same acknowledgements and pushes, the same leaders, in the same virtual time.
+#[test]
+fn a_seed_replays_the_same_run() {
+    for seed in [7, 1_000_003] {
+        let digests: Vec<(u64, String)> = (0..2)
+            .map(|_| match replay_in_time(seed) {
+                Ok(run) => (run.digest, run.summary),
+                Err(failure) => panic!("{failure}"),
+            })
+            .collect();
+        assert_eq!(digests[0], digests[1], "seed {seed} ran two different ways");
+    }
+}
+
+/// Runs seed `seed` on this thread: its own current-thread runtime, paused and seeded, with
+/// the servers in replay mode.
+fn replay_seed(seed: u64) -> Result<Result<Replayed, Vec<String>>, Box<dyn std::any::Any + Send>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
         .build()
-        .map_err(|e| format!("seed {seed}: no runtime: {e}"))?;
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(run(seed))));
+        .expect("a runtime");
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            corvid_store::replay::start(seed);
+            run(seed).await
+        })
+    }));
+    corvid_store::replay::stop();
     runtime.shutdown_timeout(Duration::from_secs(5));
+    outcome
+}
+
+/// Runs one seed and prints its summary; a failure says what went wrong and how to replay
+/// it.
+fn run_seed(seed: u64) -> Result<(), String> {
+    let run = replay_in_time(seed)?;
+    eprintln!("seed {seed}: {}", run.summary);
+    Ok(())
+}
+
+/// Runs one seed on a thread of its own, for at most [`REAL_TIME_LIMIT`] of real time: a
+/// task that loops without ever waiting keeps a paused clock from moving, so it would hang
+/// the run rather than time it out.
+fn replay_in_time(seed: u64) -> Result<Replayed, String> {
+    let replay = format!("CORVID_SIM_SEED={seed} cargo test -p corvid-server --test simulation");
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("seed-{seed}"))
+        .spawn(move || {
+            let _ = done.send(replay_seed(seed));
+        })
+        .expect("a thread for the run");
+    let outcome = outcome.recv_timeout(REAL_TIME_LIMIT).map_err(|_| {
+        format!(
+            "seed {seed} was still running after {REAL_TIME_LIMIT:?} of real time: a task \
+             loops without waiting (the paused clock moves only when every task waits)\n\
+             replay it with: {replay}"
+        )
+    })?;
     match outcome {
-        Ok(Ok(summary)) => {
-            eprintln!("seed {seed}: {summary}");
-            Ok(())
-        }
+        Ok(Ok(run)) => Ok(run),
         Ok(Err(violations)) => Err(format!(
             "seed {seed} failed:\n  {}\nreplay it with: {replay}",
             violations.join("\n  ")
@@ -390,6 +443,8 @@ struct Cluster {
     record: Mutex<Record>,
     /// For the users' choices of server.
     rng: Mutex<StdRng>,
+    /// For each start's election timeout.
+    timing: Mutex<StdRng>,
 }
 
 fn member(id: NodeId) -> Member {
@@ -435,7 +490,14 @@ impl Cluster {
                 }),
                 BTreeMap::new(),
             ),
-            timing: TIMING,
+            timing: {
+                let min = lock(&self.timing).gen_range(ELECTION_TIMEOUT_MS);
+                RaftTiming {
+                    heartbeat_ms: HEARTBEAT_MS,
+                    election_timeout_min_ms: min,
+                    election_timeout_max_ms: min + 1,
+                }
+            },
             max_append_bytes: 1 << 20,
         };
         let node = Node::open(config, Arc::new(move |effects| sink.dispatch(effects)))
@@ -892,7 +954,14 @@ async fn listen(
 // ---------------------------------------------------------------------------------------
 // One run.
 
-async fn run(seed: u64) -> Result<String, Vec<String>> {
+/// What a run that broke no rule leaves: its summary, and the digest of everything it did.
+struct Replayed {
+    summary: String,
+    digest: u64,
+}
+
+async fn run(seed: u64) -> Result<Replayed, Vec<String>> {
+    let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let cluster = Arc::new(Cluster {
         net: Net::new(seed),
@@ -901,6 +970,7 @@ async fn run(seed: u64) -> Result<String, Vec<String>> {
         down: Mutex::default(),
         record: Mutex::default(),
         rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x7573_6572_7300)),
+        timing: Mutex::new(StdRng::seed_from_u64(seed ^ 0x7469_6d69_6e67)),
     });
     for id in 1..=SERVERS {
         cluster.start(id).await;
@@ -979,12 +1049,31 @@ async fn run(seed: u64) -> Result<String, Vec<String>> {
     check_inboxes(&cluster, &users, &seen).await;
     check_pushes(&cluster, &users, &seen);
 
-    let summary = {
+    let (summary, digest) = {
         let record = lock(&cluster.record);
         let seen = lock(&seen);
+        let took = started.elapsed();
+        let mut digest = DefaultHasher::new();
+        // Their debug forms: not every type here is `Hash`, and these name every field.
         format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            record.committed,
+            record.leaders,
+            (
+                record.crashes,
+                record.restarts,
+                seen.retries,
+                seen.resubscriptions
+            ),
+            seen.acknowledged,
+            (&seen.pushed, took),
+        )
+        .hash(&mut digest);
+        let digest = digest.finish();
+        let summary = format!(
             "{} messages, {} leaders ({} terms with two or more), {} crashes, {} restarts, \
-             {} retried calls, {} resubscriptions, {} entries compared",
+             {} retried calls, {} resubscriptions, {} entries compared, {:.3} s simulated, \
+             digest {digest:016x}",
             seen.acknowledged.len(),
             record.elections,
             shared_terms(&record.leaders),
@@ -992,8 +1081,10 @@ async fn run(seed: u64) -> Result<String, Vec<String>> {
             record.restarts,
             seen.retries,
             seen.resubscriptions,
-            record.committed.len()
-        )
+            record.committed.len(),
+            took.as_secs_f64(),
+        );
+        (summary, digest)
     };
     let stopping = cluster.live().into_keys().map(|id| cluster.crash(id));
     futures::future::join_all(stopping).await;
@@ -1001,7 +1092,7 @@ async fn run(seed: u64) -> Result<String, Vec<String>> {
     if !violations.is_empty() {
         return Err(violations);
     }
-    Ok(summary)
+    Ok(Replayed { summary, digest })
 }
 
 /// A directory for the servers' data directories: in memory (`/dev/shm`) where there is
