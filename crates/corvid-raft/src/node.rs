@@ -21,7 +21,8 @@ use openraft::SnapshotPolicy;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::leader_watch::watch_leader;
+use crate::formation::Formation;
+use crate::leader_watch::{watch_leader, HeldBack};
 use crate::network::{LinkError, Network, Peers, SNAPSHOT_CHUNK_BYTES};
 use crate::peer::{MembershipChange, NodeStatus, PeerCall, PeerService, PresenceReport, Refusal};
 use crate::presence::{Presence, PRESENCE_EVERY};
@@ -246,6 +247,8 @@ pub struct Node {
     presence: Arc<Presence>,
     /// Set once this server finds itself out of the cluster's membership.
     removed: Arc<AtomicBool>,
+    /// Set while this server holds back its vote (see [`Node::form_or_catch_up`]).
+    holding_vote: Arc<AtomicBool>,
     /// Answers the other servers.
     peer_service: Arc<PeerService>,
     /// Stops this node's background tasks.
@@ -298,6 +301,7 @@ impl Node {
         ));
         let presence = Arc::new(Presence::default());
         let removed = Arc::new(AtomicBool::new(false));
+        let holding_vote = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let (heard, heard_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(watch_leader(
@@ -306,7 +310,10 @@ impl Node {
             config.peers.clone(),
             config.timing,
             heard_rx,
-            removed.clone(),
+            HeldBack {
+                removed: removed.clone(),
+                holding_vote: holding_vote.clone(),
+            },
             stop.clone(),
         ));
         tokio::spawn(notice_removal(
@@ -327,6 +334,7 @@ impl Node {
                 reader.clone(),
                 presence.clone(),
                 removed.clone(),
+                holding_vote.clone(),
                 heard,
             )),
             raft,
@@ -335,6 +343,7 @@ impl Node {
             peers: config.peers,
             presence,
             removed,
+            holding_vote,
             stop,
             closed: tokio::sync::Mutex::new(Some(closed)),
         };
@@ -357,7 +366,7 @@ impl Node {
             // Initialized but with no cluster id: a directory from before ids (format
             // version 1), always a single server that initialized itself. It gets its id
             // now: the configured one, if any, as if it were initializing.
-            let cluster = self.record_cluster_id().await?;
+            let cluster = record_cluster_id(&self.reader, self.expected_cluster).await?;
             tracing::info!(%cluster, "recorded a cluster id for this data directory");
         }
         if self.is_sole_voter() && self.raft.current_leader().await != Some(self.id) {
@@ -367,20 +376,6 @@ impl Node {
             self.raft.trigger().elect().await?;
         }
         Ok(())
-    }
-
-    /// Records the configured cluster id, or a fresh random one, unless the directory
-    /// belongs to a cluster already; returns the one it belongs to.
-    async fn record_cluster_id(&self) -> Result<ClusterId, NodeError> {
-        let id = self
-            .expected_cluster
-            .unwrap_or_else(|| ClusterId(rand::random()));
-        let reader = self.reader.clone();
-        // A durable write: off the runtime's threads.
-        let recorded = tokio::task::spawn_blocking(move || reader.record_cluster_id(id))
-            .await
-            .map_err(|e| NodeError::Fatal(format!("recording the cluster id failed: {e}")))??;
-        Ok(recorded)
     }
 
     /// Whether this node belongs to a cluster yet (has a membership in its log or state).
@@ -397,16 +392,14 @@ impl Node {
     /// Whether to initialize is the caller's decision: a server that is to join an existing
     /// cluster must not, or it would found a cluster of its own.
     pub async fn initialize(&self, members: BTreeMap<u64, Member>) -> Result<ClusterId, NodeError> {
-        let cluster = self.record_cluster_id().await?;
-        match self.raft.initialize(members).await {
-            Ok(()) => tracing::info!(node = self.id, %cluster, "initialized a cluster"),
-            // Initialized already (an earlier start, or a leader reached it first): the
-            // cluster exists, which is the goal.
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(RaftError::APIError(e)) => return Err(NodeError::Fatal(e.to_string())),
-            Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
-        }
-        Ok(cluster)
+        initialize(
+            &self.raft,
+            &self.reader,
+            self.expected_cluster,
+            self.id,
+            members,
+        )
+        .await
     }
 
     /// Makes this node a cluster of one, itself its only voter: what a single server does
@@ -414,6 +407,43 @@ impl Node {
     pub async fn initialize_alone(&self) -> Result<ClusterId, NodeError> {
         self.initialize(BTreeMap::from([(self.id, self.member.clone())]))
             .await
+    }
+
+    /// Starts a member of a configured cluster whose data directory holds no cluster yet,
+    /// in the background: it forms the cluster of `members` with the others when a
+    /// majority of them answer that they hold none either, and otherwise (the cluster has
+    /// formed: this directory is new, or its data was lost) learns the log from the leader.
+    /// `join` (a server being added) never forms one.
+    ///
+    /// Until it has formed the cluster or caught up with a leader, this server grants no
+    /// vote and does not stand for election: a server that lost its data may have
+    /// acknowledged entries it no longer holds, and voting with its empty log could elect a
+    /// server without them (see `formation`). Call it before the server-to-server listener
+    /// serves, so that no append arrives before the vote is held.
+    pub fn form_or_catch_up(&self, members: BTreeMap<u64, Member>, join: bool) {
+        self.holding_vote.store(true, Ordering::SeqCst);
+        self.raft.runtime_config().elect(false);
+        let formation = Formation {
+            id: self.id,
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            expected_cluster: self.expected_cluster,
+            peers: self.peers.clone(),
+            holding_vote: self.holding_vote.clone(),
+            members,
+        };
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = formation.run(join) => {}
+            }
+        });
+    }
+
+    /// Whether this server holds back its vote (see [`form_or_catch_up`](Self::form_or_catch_up)).
+    pub fn is_holding_vote(&self) -> bool {
+        self.holding_vote.load(Ordering::SeqCst)
     }
 
     /// Waits, at most `timeout`, until a leader is known: for a single server, until it
@@ -733,6 +763,41 @@ impl Node {
     pub fn check_free_space(&self) -> Result<(), NodeError> {
         Ok(self.reader.check_free_space()?)
     }
+}
+
+/// Records the configured cluster id, or a fresh random one, unless the directory belongs
+/// to a cluster already; returns the one it belongs to.
+async fn record_cluster_id(
+    reader: &StoreReader,
+    expected: Option<ClusterId>,
+) -> Result<ClusterId, NodeError> {
+    let id = expected.unwrap_or_else(|| ClusterId(rand::random()));
+    let reader = reader.clone();
+    // A durable write: off the runtime's threads.
+    let recorded = tokio::task::spawn_blocking(move || reader.record_cluster_id(id))
+        .await
+        .map_err(|e| NodeError::Fatal(format!("recording the cluster id failed: {e}")))??;
+    Ok(recorded)
+}
+
+/// See [`Node::initialize`].
+pub(crate) async fn initialize(
+    raft: &Raft,
+    reader: &StoreReader,
+    expected: Option<ClusterId>,
+    id: NodeId,
+    members: BTreeMap<u64, Member>,
+) -> Result<ClusterId, NodeError> {
+    let cluster = record_cluster_id(reader, expected).await?;
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(node = id, %cluster, "initialized a cluster"),
+        // Initialized already (an earlier start, or a leader reached it first): the
+        // cluster exists, which is the goal.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(RaftError::APIError(e)) => return Err(NodeError::Fatal(e.to_string())),
+        Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
+    }
+    Ok(cluster)
 }
 
 /// Waits, until `deadline`, for a leader whose member record this server knows.

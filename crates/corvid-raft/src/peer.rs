@@ -14,7 +14,7 @@ use std::sync::Arc;
 use corvid_core::{Command, Outcome};
 use corvid_store::typ::{
     AppendEntriesRequest, AppendEntriesResponse, ClientWriteError, InstallSnapshotRequest, Member,
-    NodeId, Raft, RaftError, VoteRequest,
+    NodeId, Raft, RaftError, VoteRequest, VoteResponse,
 };
 use corvid_store::{StoreError, StoreReader};
 use serde::de::DeserializeOwned;
@@ -121,6 +121,8 @@ pub struct PeerService {
     reader: StoreReader,
     presence: Arc<Presence>,
     removed: Arc<AtomicBool>,
+    /// Set while this server grants no vote (see `formation`).
+    holding_vote: Arc<AtomicBool>,
     /// The last append this server accepted from a leader, for `leader_watch`.
     heard: watch::Sender<Option<Heard>>,
 }
@@ -132,6 +134,7 @@ impl PeerService {
         reader: StoreReader,
         presence: Arc<Presence>,
         removed: Arc<AtomicBool>,
+        holding_vote: Arc<AtomicBool>,
         heard: watch::Sender<Option<Heard>>,
     ) -> PeerService {
         PeerService {
@@ -140,6 +143,7 @@ impl PeerService {
             reader,
             presence,
             removed,
+            holding_vote,
             heard,
         }
     }
@@ -165,6 +169,16 @@ impl PeerService {
             }
             PeerCall::Vote => {
                 let request: VoteRequest = decode(call, body)?;
+                if self.holding_vote.load(Ordering::SeqCst) {
+                    // Refused without telling openraft, which would grant it: this
+                    // server's log may lack entries it acknowledged before (see
+                    // `formation`). The answer carries the vote this server holds, lower
+                    // than the candidate's, which the candidate counts as a refusal.
+                    let vote = self.raft.metrics().borrow().vote;
+                    let refused: Result<VoteResponse, RaftError> =
+                        Ok(VoteResponse::new(vote, None, false));
+                    return encode(call, &refused);
+                }
                 encode(call, &self.raft.vote(request).await)
             }
             PeerCall::InstallSnapshot => {

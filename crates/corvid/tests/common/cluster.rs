@@ -194,6 +194,11 @@ impl ProcessCluster {
         self.dir.join(format!("cluster-{}.toml", i + 1))
     }
 
+    /// Server `i`'s data directory.
+    pub fn data_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("corvid-data-{}", i + 1))
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("server-{}.log", i + 1))
     }
@@ -207,7 +212,7 @@ impl ProcessCluster {
                 Some(link) => link.listen,
                 None => ports.raft,
             };
-            let data = self.dir.join(format!("corvid-data-{}", j + 1));
+            let data = self.data_path(j);
             config.push_str(&format!(
                 "\n[[cluster.members]]\nid = {}\nraft = \"{raft}\"\nwire = \"{}\"\ngrpc = \"{}\"\ndata = \"{}\"\n",
                 j + 1,
@@ -288,6 +293,21 @@ impl ProcessCluster {
         self.await_ready(i, ready);
     }
 
+    /// Restarts a killed server without waiting for its ready line, which it prints only
+    /// once it knows a leader; the receiver gets the line.
+    pub fn restart_unready(&mut self, i: usize) -> std::sync::mpsc::Receiver<String> {
+        assert_eq!(self.state[i], Running::Down, "restart of a running server");
+        self.spawn(i)
+    }
+
+    /// Whether server `i`'s process has ended by itself (it was not killed by the test).
+    pub fn has_exited(&mut self, i: usize) -> bool {
+        match self.children[i].as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     pub fn pause(&mut self, i: usize) {
         if let Some(pid) = self.pid(i) {
             signal(pid, "STOP");
@@ -353,6 +373,27 @@ impl ProcessCluster {
             .parse()
             .ok()?;
         id.checked_sub(1)
+    }
+
+    /// Each server's applied index as `corvid cluster status` run against server `via`
+    /// reports it (index by server; servers it could not reach are left out).
+    pub fn applied_indexes(&self, via: usize) -> BTreeMap<usize, u64> {
+        let output = self.status(via);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut applied = BTreeMap::new();
+        for line in stdout.lines() {
+            // `  id  raft  role  leader  term  last log  applied  lag`
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() != 8 {
+                continue;
+            }
+            if let (Ok(id), Ok(index)) = (fields[0].parse::<usize>(), fields[6].parse::<u64>()) {
+                if let Some(i) = id.checked_sub(1) {
+                    applied.insert(i, index);
+                }
+            }
+        }
+        applied
     }
 
     /// Waits until an up server reports a leader, and returns it.
