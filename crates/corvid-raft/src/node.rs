@@ -152,6 +152,10 @@ pub enum NodeError {
         expected: ClusterId,
         found: ClusterId,
     },
+    /// The data directory is another cluster member's: starting would cast that member's
+    /// vote a second time and lose what this one acknowledged.
+    #[error("the data directory is member {found}'s, not member {expected}'s: start member {found} on it, and give member {expected} its own directory (an empty one learns the log from the cluster)")]
+    WrongMember { expected: u64, found: u64 },
     /// openraft refused the configuration (a bug in [`raft_config`]).
     #[error("invalid raft configuration: {0}")]
     Config(String),
@@ -280,6 +284,17 @@ impl Node {
         // replayed, nor its vote used. Dropping the store on error releases the directory.
         if let Some(expected) = config.cluster_id {
             check_cluster(expected, reader.cluster_id()?)?;
+            let (recorder, id) = (reader.clone(), config.node_id);
+            // A durable write: off the runtime's threads.
+            let found = tokio::task::spawn_blocking(move || recorder.record_member_id(id))
+                .await
+                .map_err(|e| NodeError::Fatal(format!("recording the member id failed: {e}")))??;
+            if found != config.node_id {
+                return Err(NodeError::WrongMember {
+                    expected: config.node_id,
+                    found,
+                });
+            }
         }
         reader.set_min_free_bytes(config.min_free_bytes);
         let raft = Raft::new(

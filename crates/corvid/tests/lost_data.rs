@@ -1,7 +1,8 @@
 //! A cluster server whose data directory is lost (a disk replaced, a directory wiped) and
 //! that is started again with the same id, on real `corvid serve` processes: it must not
 //! form a second cluster, crash its leader, or help elect a server that lacks messages it
-//! had acknowledged; it learns the log from the leader and serves again.
+//! had acknowledged; it learns the log from the leader and serves again. A server started
+//! on another member's data directory refuses to start.
 
 #[macro_use]
 mod common;
@@ -198,4 +199,45 @@ async fn lost_data_does_not_vote() {
     // And the wiped server has caught up and serves them too.
     let through_wiped = client_of(&cluster, &[wiped]).await;
     assert_eq!(texts_to_bob(&through_wiped, bob).await, acknowledged);
+}
+
+/// Two followers' data directories are swapped while they are down: each is another
+/// member's, holding that member's vote and log. A server started on one refuses, with one
+/// line saying what to do, rather than cast the other member's vote again.
+#[test]
+fn a_server_started_on_another_members_data_directory_refuses_with_one_line() {
+    let _one = one_cluster();
+    swapped_directories_are_refused();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_directories_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ProcessCluster::start(dir.path(), SERVERS).await;
+    let leader = cluster.wait_for_leader().await;
+    let (first, second) = ((leader + 1) % SERVERS, (leader + 2) % SERVERS);
+    cluster.kill(first);
+    cluster.kill(second);
+    let aside = dir.path().join("aside");
+    std::fs::rename(cluster.data_path(first), &aside).unwrap();
+    std::fs::rename(cluster.data_path(second), cluster.data_path(first)).unwrap();
+    std::fs::rename(&aside, cluster.data_path(second)).unwrap();
+
+    let _ready = cluster.restart_unready(first);
+    let refused = eventually(Duration::from_secs(20), || cluster.has_exited(first)).await;
+    let log = cluster.log(first);
+    assert!(
+        refused,
+        "a server on another member's directory started; its log:\n{log}"
+    );
+    let expected = format!(
+        "the data directory is member {}'s, not member {}'s",
+        second + 1,
+        first + 1
+    );
+    assert_eq!(
+        log.lines().filter(|line| line.contains(&expected)).count(),
+        1,
+        "one line saying whose directory it is; the log:\n{log}"
+    );
 }
