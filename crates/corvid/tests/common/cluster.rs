@@ -136,12 +136,20 @@ pub struct ProcessCluster {
     pub links: Vec<Vec<Option<Link>>>,
     children: Vec<Option<Child>>,
     state: Vec<Running>,
+    /// Configuration every server's file carries besides `[cluster]` (say, `[limits]`).
+    extra_config: String,
 }
 
 impl ProcessCluster {
     /// Starts `n` servers (ids 1..=n; index `i` is id `i + 1`) and waits until each has
     /// printed its ready line.
     pub async fn start(dir: &Path, n: usize) -> ProcessCluster {
+        ProcessCluster::start_with(dir, n, "").await
+    }
+
+    /// [`start`](Self::start), with `extra_config` (TOML sections other than `[cluster]`)
+    /// in every server's configuration file.
+    pub async fn start_with(dir: &Path, n: usize, extra_config: &str) -> ProcessCluster {
         // Every server port is held until the proxies are bound, so that no proxy (and no
         // two servers) can be given the same port; they are released just before the
         // servers start.
@@ -174,6 +182,7 @@ impl ProcessCluster {
             links,
             children: (0..n).map(|_| None).collect(),
             state: vec![Running::Down; n],
+            extra_config: extra_config.to_string(),
         };
         for i in 0..n {
             std::fs::write(cluster.config_path(i), cluster.config(i)).unwrap();
@@ -206,7 +215,7 @@ impl ProcessCluster {
     /// Server `i`'s configuration: the same members as everyone's, except that its peers'
     /// server-to-server addresses are its own proxies to them.
     fn config(&self, i: usize) -> String {
-        let mut config = String::from("[cluster]\nname = \"fault-test\"\n");
+        let mut config = format!("{}\n[cluster]\nname = \"fault-test\"\n", self.extra_config);
         for (j, ports) in self.ports.iter().enumerate() {
             let raft = match &self.links[i][j] {
                 Some(link) => link.listen,
@@ -454,7 +463,10 @@ pub fn text(sender: &str, seq: u64) -> String {
     format!("{sender}#{seq}")
 }
 
+/// The sender and sequence number of a message's text: what [`text`] made, maybe followed
+/// by a space and padding.
 fn parse_text(text: &str) -> Option<(&str, u64)> {
+    let text = text.split(' ').next()?;
     let (sender, seq) = text.rsplit_once('#')?;
     Some((sender, seq.parse().ok()?))
 }
