@@ -186,6 +186,15 @@ impl NodeError {
                 leader: leader.clone(),
             },
             NodeError::Unavailable(reason) => NodeError::Unavailable(reason.clone()),
+            // A full disk is the leader's answer to a forwarded batch: every write of the
+            // batch gets it as it is, `storage_full` to its client, not a fault.
+            NodeError::Store(StoreError::StorageFull {
+                available,
+                min_free,
+            }) => NodeError::Store(StoreError::StorageFull {
+                available: *available,
+                min_free: *min_free,
+            }),
             other => NodeError::Fatal(other.to_string()),
         }
     }

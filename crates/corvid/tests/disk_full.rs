@@ -316,3 +316,108 @@ async fn full_follower(dir: &Path) {
     assert_eq!(stored(&through_full, bob).await, sent);
     drop(cluster);
 }
+
+#[test]
+fn a_leader_with_a_full_disk_answers_writes_storage_full_at_once_and_loses_nothing() {
+    if skip_without_root(
+        "a_leader_with_a_full_disk_answers_writes_storage_full_at_once_and_loses_nothing",
+    ) {
+        return;
+    }
+    let _one = cluster::one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Mount::sized(&dir.path().join("corvid-data-1"), "128m");
+    full_leader(dir.path());
+    drop(mount);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn full_leader(dir: &Path) {
+    use cluster::ProcessCluster;
+    let limits = format!("[limits]\nmin_free_disk_bytes = {MIN_FREE}\n");
+    let mut cluster = ProcessCluster::start_with(dir, 3, &limits).await;
+    let full = 0;
+    let everyone = cluster.addresses(Transport::Wire);
+    let mut config = ClientConfig::new(&everyone);
+    config.max_attempts = 20;
+    let conn = Client::connect_with(config).await.unwrap();
+    for name in ["alice", "bob"] {
+        conn.create_account(name, "", PASSWORD).await.unwrap();
+    }
+    let alice = conn.login("alice", PASSWORD).await.unwrap().token;
+    // The server whose disk fills must lead: a write it holds and the third server lacks
+    // makes it the only one the third can elect once the leader is gone.
+    let first = cluster.wait_for_leader().await;
+    if first == full {
+        conn.send(alice, "bob", "before", 1).await.unwrap();
+    } else {
+        let third = 3 - first - full;
+        cluster.partition(&[third]);
+        conn.send(alice, "bob", "before", 1).await.unwrap();
+        cluster.kill(first);
+        cluster.heal();
+        let moved = cluster::eventually(DEADLINE, || cluster.leader() == Some(full)).await;
+        assert!(moved, "server 1 did not take over: {:?}", cluster.leader());
+        cluster.restart(first);
+    }
+
+    let fs = cluster.data_path(full);
+    let filler = fs.join("filler");
+    let file = std::fs::File::create(&filler).unwrap();
+    fs2::FileExt::allocate(&file, fs2::available_space(&fs).unwrap() - LEFT_FREE).unwrap();
+    drop(file);
+    // Through the leader and through a follower (which forwards to it) alike. The server
+    // looks at its free space at most every 100 ms while it had room, so a write just
+    // after the disk filled may still go through: it is retried with its client id (stored
+    // once) until refused.
+    let mut accepted = Vec::new();
+    for (n, server) in [full, 1].into_iter().enumerate() {
+        let mut config = ClientConfig::new(&[cluster.ports[server].wire.to_string()]);
+        config.max_attempts = 1;
+        let pinned = Client::connect_with(config).await.unwrap();
+        let text = format!("while full {n}");
+        let end = Instant::now() + DEADLINE;
+        let refused = loop {
+            let result = pinned.send(alice, "bob", &text, 10 + n as u64).await;
+            if result.is_err() || Instant::now() >= end {
+                break result;
+            }
+            if !accepted.contains(&text) {
+                accepted.push(text.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            code(&refused),
+            Some(ErrorCode::StorageFull),
+            "a write through server {} while the leader's disk is full: {refused:?}",
+            server + 1
+        );
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    let after = crate::eventually_ok(|| conn.send(alice, "bob", "after", 2)).await;
+    assert!(after.is_ok(), "writes did not resume: {after:?}");
+    let bob = conn.login("bob", PASSWORD).await.unwrap().token;
+    let mut expected = vec!["before".to_string()];
+    expected.extend(accepted);
+    expected.push("after".to_string());
+    assert_eq!(stored(&conn, bob).await, expected);
+    drop(cluster);
+}
+
+/// Retries `send` until it succeeds or [`DEADLINE`] passes; returns the last result.
+async fn eventually_ok<T, F, Fut>(mut send: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let result = send().await;
+        if result.is_ok() || Instant::now() >= end {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
