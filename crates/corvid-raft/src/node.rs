@@ -465,11 +465,6 @@ impl Node {
         });
     }
 
-    /// Whether this server holds back its vote (see [`form_or_catch_up`](Self::form_or_catch_up)).
-    pub fn is_holding_vote(&self) -> bool {
-        self.holding_vote.load(Ordering::SeqCst)
-    }
-
     /// Waits, at most `timeout`, until a leader is known: for a single server, until it
     /// leads. Before then writes and linearizable reads fail (`NotLeader` with no leader,
     /// or `Unavailable`), so a server binds its listeners first and announces itself as
