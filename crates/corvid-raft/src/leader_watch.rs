@@ -38,6 +38,20 @@ pub(crate) struct Heard {
     pub term: u64,
 }
 
+/// What keeps a server from standing for election whatever the leader does.
+pub(crate) struct HeldBack {
+    /// Set once this server was removed from the cluster.
+    pub removed: Arc<AtomicBool>,
+    /// Set while this server holds back its vote (see `formation`).
+    pub holding_vote: Arc<AtomicBool>,
+}
+
+impl HeldBack {
+    fn now(&self) -> bool {
+        self.removed.load(Ordering::Relaxed) || self.holding_vote.load(Ordering::SeqCst)
+    }
+}
+
 /// Watches the appends a follower accepts and, once the leader has been silent for the
 /// lease and does not answer, triggers an election on the one follower that should stand.
 /// Runs until `stop`.
@@ -47,7 +61,7 @@ pub(crate) async fn watch_leader(
     peers: Peers,
     timing: RaftTiming,
     mut heard: watch::Receiver<Option<Heard>>,
-    removed: Arc<AtomicBool>,
+    held_back: HeldBack,
     stop: CancellationToken,
 ) {
     let lease = Duration::from_millis(timing.election_timeout_max_ms);
@@ -82,7 +96,7 @@ pub(crate) async fn watch_leader(
             _ = tokio::time::sleep_until(due) => {}
         }
         not_before = Instant::now() + lease;
-        if removed.load(Ordering::Relaxed) {
+        if held_back.now() {
             continue;
         }
         let Some(others) = still_following(id, &raft, &last) else {

@@ -16,6 +16,7 @@
 //! (forward-write), and a follower's read asks the leader for a read index, waits until it
 //! has applied that far, and reads its own state (see [`Node::write`], [`Node::read`]).
 
+mod formation;
 mod leader_watch;
 pub mod network;
 mod node;

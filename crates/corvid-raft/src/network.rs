@@ -124,6 +124,13 @@ impl Peers {
         Peers::new(Arc::new(NoLinks), BTreeMap::new())
     }
 
+    /// Every server this server's configuration names, with its server-to-server address.
+    pub fn configured(&self) -> impl Iterator<Item = (NodeId, &str)> {
+        self.addresses
+            .iter()
+            .map(|(id, address)| (*id, address.as_str()))
+    }
+
     /// Where to dial `target`: this server's configuration first, then its member record.
     pub fn address(&self, target: NodeId, member: Option<&Member>) -> String {
         match self.addresses.get(&target) {

@@ -21,7 +21,8 @@ use openraft::SnapshotPolicy;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::leader_watch::watch_leader;
+use crate::formation::Formation;
+use crate::leader_watch::{watch_leader, HeldBack};
 use crate::network::{LinkError, Network, Peers, SNAPSHOT_CHUNK_BYTES};
 use crate::peer::{MembershipChange, NodeStatus, PeerCall, PeerService, PresenceReport, Refusal};
 use crate::presence::{Presence, PRESENCE_EVERY};
@@ -151,6 +152,10 @@ pub enum NodeError {
         expected: ClusterId,
         found: ClusterId,
     },
+    /// The data directory is another cluster member's: starting would cast that member's
+    /// vote a second time and lose what this one acknowledged.
+    #[error("the data directory is member {found}'s, not member {expected}'s: start member {found} on it, and give member {expected} its own directory (an empty one learns the log from the cluster)")]
+    WrongMember { expected: u64, found: u64 },
     /// openraft refused the configuration (a bug in [`raft_config`]).
     #[error("invalid raft configuration: {0}")]
     Config(String),
@@ -181,6 +186,15 @@ impl NodeError {
                 leader: leader.clone(),
             },
             NodeError::Unavailable(reason) => NodeError::Unavailable(reason.clone()),
+            // A full disk is the leader's answer to a forwarded batch: every write of the
+            // batch gets it as it is, `storage_full` to its client, not a fault.
+            NodeError::Store(StoreError::StorageFull {
+                available,
+                min_free,
+            }) => NodeError::Store(StoreError::StorageFull {
+                available: *available,
+                min_free: *min_free,
+            }),
             other => NodeError::Fatal(other.to_string()),
         }
     }
@@ -246,6 +260,8 @@ pub struct Node {
     presence: Arc<Presence>,
     /// Set once this server finds itself out of the cluster's membership.
     removed: Arc<AtomicBool>,
+    /// Set while this server holds back its vote (see [`Node::form_or_catch_up`]).
+    holding_vote: Arc<AtomicBool>,
     /// Answers the other servers.
     peer_service: Arc<PeerService>,
     /// Stops this node's background tasks.
@@ -277,6 +293,17 @@ impl Node {
         // replayed, nor its vote used. Dropping the store on error releases the directory.
         if let Some(expected) = config.cluster_id {
             check_cluster(expected, reader.cluster_id()?)?;
+            let (recorder, id) = (reader.clone(), config.node_id);
+            // A durable write: off the runtime's threads.
+            let found = corvid_store::replay::blocking(move || recorder.record_member_id(id))
+                .await
+                .map_err(|e| NodeError::Fatal(format!("recording the member id failed: {e}")))??;
+            if found != config.node_id {
+                return Err(NodeError::WrongMember {
+                    expected: config.node_id,
+                    found,
+                });
+            }
         }
         reader.set_min_free_bytes(config.min_free_bytes);
         let raft = Raft::new(
@@ -298,6 +325,7 @@ impl Node {
         ));
         let presence = Arc::new(Presence::default());
         let removed = Arc::new(AtomicBool::new(false));
+        let holding_vote = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let (heard, heard_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(watch_leader(
@@ -306,7 +334,10 @@ impl Node {
             config.peers.clone(),
             config.timing,
             heard_rx,
-            removed.clone(),
+            HeldBack {
+                removed: removed.clone(),
+                holding_vote: holding_vote.clone(),
+            },
             stop.clone(),
         ));
         tokio::spawn(notice_removal(
@@ -327,6 +358,7 @@ impl Node {
                 reader.clone(),
                 presence.clone(),
                 removed.clone(),
+                holding_vote.clone(),
                 heard,
             )),
             raft,
@@ -335,6 +367,7 @@ impl Node {
             peers: config.peers,
             presence,
             removed,
+            holding_vote,
             stop,
             closed: tokio::sync::Mutex::new(Some(closed)),
         };
@@ -357,7 +390,7 @@ impl Node {
             // Initialized but with no cluster id: a directory from before ids (format
             // version 1), always a single server that initialized itself. It gets its id
             // now: the configured one, if any, as if it were initializing.
-            let cluster = self.record_cluster_id().await?;
+            let cluster = record_cluster_id(&self.reader, self.expected_cluster).await?;
             tracing::info!(%cluster, "recorded a cluster id for this data directory");
         }
         if self.is_sole_voter() && self.raft.current_leader().await != Some(self.id) {
@@ -367,22 +400,6 @@ impl Node {
             self.raft.trigger().elect().await?;
         }
         Ok(())
-    }
-
-    /// Records the configured cluster id, or a fresh random one, unless the directory
-    /// belongs to a cluster already; returns the one it belongs to.
-    async fn record_cluster_id(&self) -> Result<ClusterId, NodeError> {
-        let id = self.expected_cluster.unwrap_or_else(|| {
-            let mut id = [0; 16];
-            corvid_store::replay::fill_random(&mut id);
-            ClusterId(id)
-        });
-        let reader = self.reader.clone();
-        // A durable write: off the runtime's threads.
-        let recorded = corvid_store::replay::blocking(move || reader.record_cluster_id(id))
-            .await
-            .map_err(|e| NodeError::Fatal(format!("recording the cluster id failed: {e}")))??;
-        Ok(recorded)
     }
 
     /// Whether this node belongs to a cluster yet (has a membership in its log or state).
@@ -399,16 +416,14 @@ impl Node {
     /// Whether to initialize is the caller's decision: a server that is to join an existing
     /// cluster must not, or it would found a cluster of its own.
     pub async fn initialize(&self, members: BTreeMap<u64, Member>) -> Result<ClusterId, NodeError> {
-        let cluster = self.record_cluster_id().await?;
-        match self.raft.initialize(members).await {
-            Ok(()) => tracing::info!(node = self.id, %cluster, "initialized a cluster"),
-            // Initialized already (an earlier start, or a leader reached it first): the
-            // cluster exists, which is the goal.
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(RaftError::APIError(e)) => return Err(NodeError::Fatal(e.to_string())),
-            Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
-        }
-        Ok(cluster)
+        initialize(
+            &self.raft,
+            &self.reader,
+            self.expected_cluster,
+            self.id,
+            members,
+        )
+        .await
     }
 
     /// Makes this node a cluster of one, itself its only voter: what a single server does
@@ -416,6 +431,38 @@ impl Node {
     pub async fn initialize_alone(&self) -> Result<ClusterId, NodeError> {
         self.initialize(BTreeMap::from([(self.id, self.member.clone())]))
             .await
+    }
+
+    /// Starts a member of a configured cluster whose data directory holds no cluster yet,
+    /// in the background: it forms the cluster of `members` with the others when a
+    /// majority of them answer that they hold none either, and otherwise (the cluster has
+    /// formed: this directory is new, or its data was lost) learns the log from the leader.
+    /// `join` (a server being added) never forms one.
+    ///
+    /// Until it has formed the cluster or caught up with a leader, this server grants no
+    /// vote and does not stand for election: a server that lost its data may have
+    /// acknowledged entries it no longer holds, and voting with its empty log could elect a
+    /// server without them (see `formation`). Call it before the server-to-server listener
+    /// serves, so that no append arrives before the vote is held.
+    pub fn form_or_catch_up(&self, members: BTreeMap<u64, Member>, join: bool) {
+        self.holding_vote.store(true, Ordering::SeqCst);
+        self.raft.runtime_config().elect(false);
+        let formation = Formation {
+            id: self.id,
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            expected_cluster: self.expected_cluster,
+            peers: self.peers.clone(),
+            holding_vote: self.holding_vote.clone(),
+            members,
+        };
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = formation.run(join) => {}
+            }
+        });
     }
 
     /// Waits, at most `timeout`, until a leader is known: for a single server, until it
@@ -735,6 +782,45 @@ impl Node {
     pub fn check_free_space(&self) -> Result<(), NodeError> {
         Ok(self.reader.check_free_space()?)
     }
+}
+
+/// Records the configured cluster id, or a fresh random one, unless the directory belongs
+/// to a cluster already; returns the one it belongs to.
+async fn record_cluster_id(
+    reader: &StoreReader,
+    expected: Option<ClusterId>,
+) -> Result<ClusterId, NodeError> {
+    let id = expected.unwrap_or_else(|| {
+        let mut id = [0; 16];
+        corvid_store::replay::fill_random(&mut id);
+        ClusterId(id)
+    });
+    let reader = reader.clone();
+    // A durable write: off the runtime's threads.
+    let recorded = corvid_store::replay::blocking(move || reader.record_cluster_id(id))
+        .await
+        .map_err(|e| NodeError::Fatal(format!("recording the cluster id failed: {e}")))??;
+    Ok(recorded)
+}
+
+/// See [`Node::initialize`].
+pub(crate) async fn initialize(
+    raft: &Raft,
+    reader: &StoreReader,
+    expected: Option<ClusterId>,
+    id: NodeId,
+    members: BTreeMap<u64, Member>,
+) -> Result<ClusterId, NodeError> {
+    let cluster = record_cluster_id(reader, expected).await?;
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(node = id, %cluster, "initialized a cluster"),
+        // Initialized already (an earlier start, or a leader reached it first): the
+        // cluster exists, which is the goal.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(RaftError::APIError(e)) => return Err(NodeError::Fatal(e.to_string())),
+        Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
+    }
+    Ok(cluster)
 }
 
 /// Waits, until `deadline`, for a leader whose member record this server knows.

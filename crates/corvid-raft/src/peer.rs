@@ -14,7 +14,7 @@ use std::sync::Arc;
 use corvid_core::{Command, Outcome};
 use corvid_store::typ::{
     AppendEntriesRequest, AppendEntriesResponse, ClientWriteError, InstallSnapshotRequest, Member,
-    NodeId, Raft, RaftError, VoteRequest,
+    NodeId, Raft, RaftError, VoteRequest, VoteResponse,
 };
 use corvid_store::{StoreError, StoreReader};
 use serde::de::DeserializeOwned;
@@ -24,6 +24,10 @@ use tokio::time::Instant;
 
 use crate::leader_watch::Heard;
 use crate::presence::Presence;
+
+/// How long a refusal for want of disk space waits before it answers (see
+/// `PeerService::check_room`).
+const ROOM_REFUSAL_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The calls one server makes to another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,6 +125,10 @@ pub struct PeerService {
     reader: StoreReader,
     presence: Arc<Presence>,
     removed: Arc<AtomicBool>,
+    /// Set while this server grants no vote (see `formation`).
+    holding_vote: Arc<AtomicBool>,
+    /// Set while this server refuses entries for want of disk space (see `check_room`).
+    refusing_for_room: AtomicBool,
     /// The last append this server accepted from a leader, for `leader_watch`.
     heard: watch::Sender<Option<Heard>>,
 }
@@ -132,6 +140,7 @@ impl PeerService {
         reader: StoreReader,
         presence: Arc<Presence>,
         removed: Arc<AtomicBool>,
+        holding_vote: Arc<AtomicBool>,
         heard: watch::Sender<Option<Heard>>,
     ) -> PeerService {
         PeerService {
@@ -140,6 +149,8 @@ impl PeerService {
             reader,
             presence,
             removed,
+            holding_vote,
+            refusing_for_room: AtomicBool::new(false),
             heard,
         }
     }
@@ -149,6 +160,9 @@ impl PeerService {
         match call {
             PeerCall::Append => {
                 let request: AppendEntriesRequest = decode(call, body)?;
+                if !request.entries.is_empty() {
+                    self.check_room(call).await?;
+                }
                 let leader = request.vote.leader_id;
                 let answer = self.raft.append_entries(request).await;
                 // Any answer but a higher vote means openraft took the sender as its
@@ -165,10 +179,21 @@ impl PeerService {
             }
             PeerCall::Vote => {
                 let request: VoteRequest = decode(call, body)?;
+                if self.holding_vote.load(Ordering::SeqCst) {
+                    // Refused without telling openraft, which would grant it: this
+                    // server's log may lack entries it acknowledged before (see
+                    // `formation`). The answer carries the vote this server holds, lower
+                    // than the candidate's, which the candidate counts as a refusal.
+                    let vote = self.raft.metrics().borrow().vote;
+                    let refused: Result<VoteResponse, RaftError> =
+                        Ok(VoteResponse::new(vote, None, false));
+                    return encode(call, &refused);
+                }
                 encode(call, &self.raft.vote(request).await)
             }
             PeerCall::InstallSnapshot => {
                 let request: InstallSnapshotRequest = decode(call, body)?;
+                self.check_room(call).await?;
                 encode(call, &self.raft.install_snapshot(request).await)
             }
             PeerCall::ForwardWrite => {
@@ -193,6 +218,49 @@ impl PeerService {
             PeerCall::ChangeMembership => {
                 let change: MembershipChange = decode(call, body)?;
                 encode(call, &self.change_membership(change).await)
+            }
+        }
+    }
+
+    /// Refuses what would write to the log or the state while the disk is below its
+    /// margin. openraft stops for good on a storage error, so a follower that took entries
+    /// with its disk full would stop serving; refused here, the call fails as if the network
+    /// had, the leader offers it again each heartbeat (see `network`), and it goes through
+    /// by itself once there is room. Meanwhile this server does not stand for election: it
+    /// could not take the log it would lead with.
+    async fn check_room(&self, call: PeerCall) -> Result<(), PeerError> {
+        match self.reader.check_free_space() {
+            Err(StoreError::StorageFull {
+                available,
+                min_free,
+            }) => {
+                if !self.refusing_for_room.swap(true, Ordering::SeqCst) {
+                    self.raft.runtime_config().elect(false);
+                    tracing::warn!(
+                        available,
+                        min_free,
+                        "the disk is full: refusing the leader's entries until there is room"
+                    );
+                }
+                // openraft offers the entries again as soon as a refusal comes back: the
+                // refusal waits a little, so that a full disk does not turn into a busy loop
+                // of calls between the two servers.
+                tokio::time::sleep(ROOM_REFUSAL_PAUSE).await;
+                Err(PeerError {
+                    call,
+                    reason: format!(
+                        "this server's disk is full ({available} bytes free, {min_free} needed)"
+                    ),
+                })
+            }
+            _ => {
+                if self.refusing_for_room.swap(false, Ordering::SeqCst) {
+                    if !self.holding_vote.load(Ordering::SeqCst) {
+                        self.raft.runtime_config().elect(true);
+                    }
+                    tracing::info!("the disk has room again: taking the leader's entries");
+                }
+                Ok(())
             }
         }
     }

@@ -346,15 +346,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot open the node in {}", config.data_dir.display()))?;
     // A single server is a cluster of one, and makes itself one on its first start. A
-    // cluster member initializes the configured cluster (see `cluster`).
+    // cluster member with no cluster in its directory forms the configured cluster with
+    // the others, or learns the log from the leader when the cluster has formed (a server
+    // being added always does); it asks the others in the background, before its
+    // server-to-server listener serves (see `corvid_raft::Node::form_or_catch_up`).
     let initialized = async {
         if !node.is_initialized().await? {
             match &config.cluster {
-                // A server being added waits for the leader to send it the log.
-                Some(cluster) if cluster.join => {}
-                Some(cluster) => {
-                    node.initialize(cluster::members(cluster)).await?;
-                }
+                Some(cluster) => node.form_or_catch_up(cluster::members(cluster), cluster.join),
                 None => {
                     node.initialize_alone().await?;
                 }

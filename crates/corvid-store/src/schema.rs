@@ -9,6 +9,7 @@
 //! |             | `snapshot`          | postcard `SnapshotRecord` (current one)   |
 //! |             | `format_version`    | postcard `u32` (see `identity`; absent: 1) |
 //! |             | `cluster_id`        | postcard `ClusterId` (absent until the node is initialized) |
+//! |             | `member_id`         | postcard `u64`: the cluster member whose directory this is (absent on a single server, and before it was recorded) |
 //! | one per `corvid_core::Table` (`Table::name()`) | `&[u8]` | `&[u8]`          |
 
 use corvid_core::Table;
@@ -27,6 +28,7 @@ pub(crate) const LAST_MEMBERSHIP: &str = "last_membership";
 pub(crate) const SNAPSHOT: &str = "snapshot";
 pub(crate) const FORMAT_VERSION: &str = "format_version";
 pub(crate) const CLUSTER_ID: &str = "cluster_id";
+pub(crate) const MEMBER_ID: &str = "member_id";
 
 /// The redb table that holds one state table of the core.
 pub(crate) fn state_table(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {

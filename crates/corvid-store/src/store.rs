@@ -16,7 +16,8 @@ use crate::identity::{ClusterId, FORMAT_VERSION};
 use crate::log::LogStore;
 use crate::metrics::{StoreHistogramSnapshots, StoreHistograms};
 use crate::schema::{
-    encode, get_meta, prepare, SnapshotRecord, CLUSTER_ID, LAST_APPLIED, SM_META, SNAPSHOT,
+    encode, get_meta, prepare, SnapshotRecord, CLUSTER_ID, LAST_APPLIED, MEMBER_ID, SM_META,
+    SNAPSHOT,
 };
 use crate::snapshot::SnapshotDir;
 use crate::state::StateMachine;
@@ -264,6 +265,28 @@ impl StoreReader {
                 Some(existing) => existing,
                 None => {
                     meta.insert(CLUSTER_ID, encode(&id)?.as_slice())?;
+                    id
+                }
+            }
+        };
+        // Default durability: fsync'd before this returns.
+        txn.commit()?;
+        Ok(recorded)
+    }
+
+    /// Records, durably, that this directory is cluster member `id`'s, unless it is a
+    /// member's already; returns the member whose directory it is. A directory started by
+    /// the wrong member holds another server's vote and log: the vote would be cast twice,
+    /// and what this member acknowledged would be missing.
+    pub fn record_member_id(&self, id: u64) -> Result<u64, StoreError> {
+        let shared = self.shared()?;
+        let txn = shared.state_db.begin_write()?;
+        let recorded = {
+            let mut meta = txn.open_table(SM_META)?;
+            match get_meta(&meta, MEMBER_ID)? {
+                Some(existing) => existing,
+                None => {
+                    meta.insert(MEMBER_ID, encode(&id)?.as_slice())?;
                     id
                 }
             }

@@ -12,7 +12,19 @@ const EXIT_PROBLEMS: u8 = 1;
 const EXIT_NOT_CHECKED: u8 = 2;
 
 pub fn run(data: &Path) -> ExitCode {
-    let result = corvid_store::check::check_data_dir(data, &mut |problem| println!("{problem}"));
+    // A closed stdout (`| head -1`) ends the output with one error line, not a panic; the
+    // exit status still says what the check found.
+    let mut closed = None;
+    let mut print = |line: String| {
+        if closed.is_none() {
+            if let Err(err) = crate::commands::print_line(line) {
+                eprintln!("{}", err.line());
+                closed = Some(err);
+            }
+        }
+    };
+    let result =
+        corvid_store::check::check_data_dir(data, &mut |problem| print(problem.to_string()));
     match result {
         Err(err) => {
             eprintln!("error: {err} (check)");
@@ -36,10 +48,10 @@ pub fn run(data: &Path) -> ExitCode {
                 state.unchecked_records,
             );
             if summary.problems == 0 {
-                println!("ok: {counts}");
+                print(format!("ok: {counts}"));
                 ExitCode::from(EXIT_SOUND)
             } else {
-                println!("{} problem(s) found; {counts}", summary.problems);
+                print(format!("{} problem(s) found; {counts}", summary.problems));
                 ExitCode::from(EXIT_PROBLEMS)
             }
         }

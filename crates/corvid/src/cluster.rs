@@ -16,6 +16,7 @@ use corvid_server::config::Cluster;
 use corvid_server::Config;
 use corvid_store::{ClientAddrs, Member};
 
+use crate::commands::print_line;
 use crate::error::CliError;
 
 /// How long a server may take to answer a status.
@@ -112,13 +113,11 @@ pub async fn run(args: ClusterArgs) -> Result<(), CliError> {
                 },
             };
             change(&cluster, &peers, MembershipChange::Add { id, member }).await?;
-            println!("server {id} added: caught up, and a voter");
-            Ok(())
+            print_line(format!("server {id} added: caught up, and a voter"))
         }
         ClusterAction::Remove { id } => {
             change(&cluster, &peers, MembershipChange::Remove { id }).await?;
-            println!("server {id} removed");
-            Ok(())
+            print_line(format!("server {id} removed"))
         }
     }
 }
@@ -162,17 +161,20 @@ async fn status(cluster: &Cluster, peers: &Peers) -> Result<(), CliError> {
                 .collect()
         })
         .unwrap_or_default();
-    match leader_status {
-        Some(status) => println!(
+    // Written out at once, with an error rather than a panic when stdout is closed (as
+    // by `| head -1`).
+    let leader_line = match leader_status {
+        Some(status) => format!(
             "leader {} (term {}), voters {:?}",
             status.id, status.term, voters
         ),
-        None => println!("no leader known to any server that answered"),
-    }
-    println!(
+        None => "no leader known to any server that answered".to_string(),
+    };
+    let header = format!(
         "{:>4}  {:<22} {:<10} {:>6} {:>8} {:>10} {:>10} {:>6}",
         "id", "raft", "role", "leader", "term", "last log", "applied", "lag"
     );
+    let mut lines = vec![leader_line, header];
     let show = |index: Option<u64>| index.map_or("-".to_string(), |i| i.to_string());
     for (id, address) in &addresses {
         match &answers[id] {
@@ -186,7 +188,7 @@ async fn status(cluster: &Cluster, peers: &Peers) -> Result<(), CliError> {
                 } else {
                     status.role.clone()
                 };
-                println!(
+                lines.push(format!(
                     "{:>4}  {:<22} {:<10} {:>6} {:>8} {:>10} {:>10} {:>6}",
                     id,
                     address,
@@ -196,12 +198,12 @@ async fn status(cluster: &Cluster, peers: &Peers) -> Result<(), CliError> {
                     show(status.last_log_index),
                     show(status.applied_index),
                     lag
-                );
+                ));
             }
-            Err(e) => println!("{id:>4}  {address:<22} unreachable: {e}"),
+            Err(e) => lines.push(format!("{id:>4}  {address:<22} unreachable: {e}")),
         }
     }
-    Ok(())
+    print_line(lines.join("\n"))
 }
 
 /// Sends `change` to the leader: to each configured server in turn until one leads or

@@ -120,7 +120,8 @@ impl Context {
     }
 }
 
-fn print_line(line: impl std::fmt::Display) -> Result<(), CliError> {
+/// Prints one line (or several, joined) to stdout; a closed stdout is an error, not a panic.
+pub(crate) fn print_line(line: impl std::fmt::Display) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())

@@ -17,10 +17,14 @@ const MAX_ANSWER_BYTES: u64 = 1 << 20;
 
 pub fn run(admin: &str) -> ExitCode {
     match fetch(admin) {
-        Ok(status) => {
-            print!("{}", screen(&status));
-            ExitCode::SUCCESS
-        }
+        Ok(status) => match crate::commands::print_line(screen(&status).trim_end()) {
+            Ok(()) => ExitCode::SUCCESS,
+            // A closed stdout (`| head -1`): one error line, not a panic.
+            Err(err) => {
+                eprintln!("{}", err.line());
+                ExitCode::FAILURE
+            }
+        },
         Err(err) => {
             eprintln!("error: {err} (unreachable)");
             ExitCode::from(EXIT_CONNECTION)

@@ -150,3 +150,28 @@ fn a_directory_that_is_not_a_data_directory_is_not_checked() {
     assert_eq!(code, Some(2), "{out}");
     assert!(err.contains("not a Corvid data directory"), "{err}");
 }
+
+/// `corvid check --data DIR | head -1` and the like: a stdout closed before the result is
+/// printed is one error line, and the exit status still says what the check found.
+#[test]
+fn check_into_a_closed_pipe_is_an_error_line_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, _alice, _bob) = chat(dir.path(), "checked");
+    assert!(server.terminate().success());
+    let mut child = corvid()
+        .arg("check")
+        .arg("--data")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closes before anything is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot write the output"), "{stderr}");
+}

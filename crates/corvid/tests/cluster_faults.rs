@@ -385,3 +385,201 @@ async fn cut_off_leader() {
         "each write stored exactly once, in order"
     );
 }
+
+/// The largest text the kill-loop cluster accepts: far above the default, so that one
+/// message spans many log pages and a log entry of a batch runs to megabytes.
+const LARGE_TEXT_BYTES: usize = 256 << 10;
+
+/// Large messages (4 KiB up to the text limit) over both protocols while the leader or a
+/// random follower of three is killed with SIGKILL and restarted, round after round (never
+/// more than one down): every acknowledged message ends in its recipient's inbox exactly
+/// once, in each sender's order, every listener is pushed exactly its inbox, and every
+/// server starts again after each kill and after all are killed at once.
+#[test]
+fn large_messages_survive_kill_9_of_leaders_and_followers_in_a_loop() {
+    let _one = one_cluster();
+    let rounds = env_number("CORVID_FAULT_ROUNDS").map_or(8, |n| n as usize);
+    let seed = env_number("CORVID_FAULT_SEED").unwrap_or_else(rand::random);
+    kill_loop(rounds, seed);
+}
+
+/// A text of `len` bytes that [`Record::check`] reads as message `seq` of `sender`.
+fn padded_text(sender: &str, seq: u64, len: usize) -> String {
+    let mut text = format!("{} ", text(sender, seq));
+    let pad = len.saturating_sub(text.len());
+    text.extend(std::iter::repeat_n('x', pad));
+    text
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_loop(rounds: usize, seed: u64) {
+    const SERVERS: usize = 3;
+    println!("kill schedule seed {seed} (CORVID_FAULT_SEED={seed} replays it), {rounds} rounds");
+    let dir = tempfile::tempdir().unwrap();
+    let limits = format!(
+        "[limits]\nmax_text_bytes = {LARGE_TEXT_BYTES}\nmax_frame_bytes = {}\n",
+        LARGE_TEXT_BYTES * 2
+    );
+    let mut cluster = ProcessCluster::start_with(dir.path(), SERVERS, &limits).await;
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let setup = client(&cluster, Transport::Wire).await;
+    for name in (0..SENDERS)
+        .map(sender_name)
+        .chain((0..RECIPIENTS).map(recipient_name))
+    {
+        setup
+            .create_account(&name, "", PASSWORD)
+            .await
+            .expect("create account");
+    }
+    let record = Arc::new(Mutex::new(Record::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut listeners = Vec::new();
+    for r in 0..RECIPIENTS {
+        let transport = [Transport::Wire, Transport::Grpc][r % 2];
+        let client = client(&cluster, transport).await;
+        let token = client
+            .login(&recipient_name(r), PASSWORD)
+            .await
+            .unwrap()
+            .token;
+        let mut subscription = client.subscribe(token, Some(MessageId(0))).await.unwrap();
+        let (record, name) = (record.clone(), recipient_name(r));
+        listeners.push(tokio::spawn(async move {
+            while let Some(item) = subscription.events.recv().await {
+                match item {
+                    Ok(Event::Message(message)) => record
+                        .lock()
+                        .unwrap()
+                        .pushed
+                        .entry(name.clone())
+                        .or_default()
+                        .push(message),
+                    Ok(_) => {}
+                    Err(e) => panic!("{name}'s subscription ended: {e}"),
+                }
+            }
+            drop(client);
+        }));
+    }
+
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let transport = [Transport::Wire, Transport::Grpc][s % 2];
+        let client = client(&cluster, transport).await;
+        let token = client.login(&sender_name(s), PASSWORD).await.unwrap().token;
+        let (record, stop) = (record.clone(), stop.clone());
+        let mut sizes = StdRng::seed_from_u64(seed ^ s as u64);
+        senders.push(tokio::spawn(async move {
+            let name = sender_name(s);
+            let to = recipient_name(s % RECIPIENTS);
+            let mut seq = 0;
+            while !stop.load(Ordering::SeqCst) {
+                // One in four at the limit exactly, the others anywhere from 4 KiB to it.
+                let len = if sizes.gen_range(0..4) == 0 {
+                    LARGE_TEXT_BYTES
+                } else {
+                    sizes.gen_range(4096..=LARGE_TEXT_BYTES)
+                };
+                let body = padded_text(&name, seq, len);
+                record.lock().unwrap().attempt(&name, seq);
+                loop {
+                    match client.send(token, &to, &body, client_id(s, seq)).await {
+                        Ok(sent) => {
+                            record
+                                .lock()
+                                .unwrap()
+                                .acknowledge(&name, seq, sent.message.id);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                seq += 1;
+            }
+            seq
+        }));
+    }
+
+    for round in 0..rounds {
+        let leader = cluster.wait_for_leader().await;
+        let victim = if round % 2 == 0 {
+            leader
+        } else {
+            (leader + rng.gen_range(1..SERVERS)) % SERVERS
+        };
+        let hold = Duration::from_millis(rng.gen_range(200..1500));
+        println!(
+            "round {round}: leader {}, kill -9 of {}, down for {hold:?}",
+            leader + 1,
+            victim + 1
+        );
+        cluster.kill(victim);
+        tokio::time::sleep(hold).await;
+        cluster.restart(victim);
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let mut sent = 0;
+    for sender in senders {
+        sent += tokio::time::timeout(Duration::from_secs(60), sender)
+            .await
+            .expect("senders finish their last message")
+            .expect("sender task");
+    }
+    println!("{sent} large messages acknowledged over {rounds} kill rounds");
+    assert!(sent > 0, "no message got through");
+
+    let check = |cluster: &ProcessCluster| {
+        let addresses = cluster.addresses(Transport::Grpc);
+        async move {
+            let mut config = ClientConfig::new(&addresses);
+            config.transport = Transport::Grpc.client();
+            config.max_attempts = 30;
+            let reader = Client::connect_with(config).await.expect("a reader");
+            let mut inboxes = BTreeMap::new();
+            for r in 0..RECIPIENTS {
+                let token = reader
+                    .login(&recipient_name(r), PASSWORD)
+                    .await
+                    .unwrap()
+                    .token;
+                inboxes.insert(recipient_name(r), inbox(&reader, token).await);
+            }
+            inboxes
+        }
+    };
+    let inboxes = check(&cluster).await;
+    let caught_up = eventually(Duration::from_secs(30), || {
+        let record = record.lock().unwrap();
+        inboxes
+            .iter()
+            .all(|(name, inbox)| record.pushed.get(name).map_or(0, Vec::len) >= inbox.len())
+    })
+    .await;
+    for listener in &listeners {
+        listener.abort();
+    }
+    {
+        let record = record.lock().unwrap();
+        if let Err(violation) = record.check(&inboxes) {
+            panic!("seed {seed}: {violation} (caught up: {caught_up})");
+        }
+    }
+
+    // Every server killed at once, then all started again: they start, and hold the same.
+    for i in 0..SERVERS {
+        cluster.kill(i);
+    }
+    for i in 0..SERVERS {
+        let _ = cluster.restart_unready(i);
+    }
+    cluster.wait_for_leader().await;
+    let again = check(&cluster).await;
+    assert!(
+        again == inboxes,
+        "seed {seed}: the inboxes changed across a kill -9 of every server"
+    );
+}

@@ -3,9 +3,15 @@
 //! repair with every acknowledged message. The data directory is on a small tmpfs of the
 //! test's own, so the real disk is never filled; mounting it needs root. Without root the
 //! test says loudly that it could not run, and fails where `CI` is set.
+//!
+//! In a cluster, a follower whose disk fills does not hold up the others: the cluster
+//! goes on through them, the full follower keeps answering (and refusing the entries it
+//! has no room for), and it catches up by itself once space is freed.
 
 #[macro_use]
 mod common;
+#[path = "common/cluster.rs"]
+mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,9 +35,13 @@ struct Mount(PathBuf);
 
 impl Mount {
     fn new(dir: &Path) -> Mount {
+        Mount::sized(dir, FS_SIZE)
+    }
+
+    fn sized(dir: &Path, size: &str) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={FS_SIZE}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .status()
             .expect("run mount");
@@ -196,4 +206,218 @@ async fn scenario(fs: &Path, config: &Path) {
     let conn = client(&server).await;
     let bob = conn.login("bob", PASSWORD).await.unwrap().token;
     assert_eq!(stored(&conn, bob).await, acked);
+}
+
+/// Skips a test that needs root, loudly; fails where `CI` is set.
+fn skip_without_root(name: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("\n!!! {name} could NOT run: mounting its small filesystem needs root !!!\n");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the disk-full tests must run in CI: run the tests as root"
+    );
+    true
+}
+
+/// The text limit of the cluster test: large messages fill the disk in few sends.
+const CLUSTER_TEXT: usize = 200 << 10;
+
+#[test]
+fn a_follower_with_a_full_disk_holds_up_nothing_and_catches_up_by_itself() {
+    if skip_without_root("a_follower_with_a_full_disk_holds_up_nothing_and_catches_up_by_itself") {
+        return;
+    }
+    let _one = cluster::one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    // Server 1's data directory is the small filesystem.
+    // Room for two log chunks and the state once the filler is gone.
+    let mount = Mount::sized(&dir.path().join("corvid-data-1"), "128m");
+    full_follower(dir.path());
+    drop(mount);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn full_follower(dir: &Path) {
+    use cluster::{eventually, ProcessCluster};
+    let limits = format!(
+        "[limits]\nmin_free_disk_bytes = {MIN_FREE}\nmax_text_bytes = {CLUSTER_TEXT}\nmax_frame_bytes = {}\n",
+        2 * CLUSTER_TEXT
+    );
+    let mut cluster = ProcessCluster::start_with(dir, 3, &limits).await;
+    let full = 0;
+    if cluster.wait_for_leader().await == full {
+        // The follower is the one whose disk fills: move the leadership away.
+        cluster.kill(full);
+        cluster.wait_for_leader().await;
+        cluster.restart(full);
+    }
+    let fs = cluster.data_path(full);
+    let available = fs2::available_space(&fs).unwrap();
+    assert!(available > MIN_FREE, "{available} bytes free at the start");
+    let filler = fs.join("filler");
+    let file = std::fs::File::create(&filler).unwrap();
+    fs2::FileExt::allocate(&file, available - LEFT_FREE).unwrap();
+    // Closed, so that removing it frees its space.
+    drop(file);
+
+    // Clients of the two others write more than the full server has room for.
+    let others: Vec<String> = [1, 2]
+        .iter()
+        .map(|i| cluster.ports[*i].wire.to_string())
+        .collect();
+    let mut config = ClientConfig::new(&others);
+    config.max_attempts = 20;
+    let conn = Client::connect_with(config).await.unwrap();
+    for name in ["alice", "bob"] {
+        conn.create_account(name, "", PASSWORD).await.unwrap();
+    }
+    let alice = conn.login("alice", PASSWORD).await.unwrap().token;
+    // Half as much again as the room left below the margin.
+    let count = 3 * LEFT_FREE as usize / 2 / CLUSTER_TEXT;
+    let mut sent = Vec::new();
+    for n in 0..count {
+        let text = format!("{n} {}", "z".repeat(CLUSTER_TEXT - 16));
+        conn.send(alice, "bob", &text, n as u64 + 1)
+            .await
+            .unwrap_or_else(|e| panic!("send {n} with one follower's disk full: {e}"));
+        sent.push(text);
+    }
+    // The full server is still up and answers: it is behind, not gone.
+    assert!(
+        !cluster.has_exited(full),
+        "the server with the full disk stopped; its log:\n{}",
+        cluster.log(full)
+    );
+    let applied = cluster.applied_indexes(1);
+    assert!(
+        applied.contains_key(&full) && applied[&full] < applied[&1],
+        "the full server answers and is behind: {applied:?}"
+    );
+
+    // Space freed: it catches up by itself and serves every message.
+    std::fs::remove_file(&filler).unwrap();
+    let caught_up = eventually(DEADLINE, || {
+        let applied = cluster.applied_indexes(1);
+        applied.len() == 3 && applied.values().all(|a| Some(a) == applied.values().next())
+    })
+    .await;
+    assert!(
+        caught_up,
+        "the server did not catch up once space was freed: {:?}; its log:\n{}",
+        cluster.applied_indexes(1),
+        cluster.log(full)
+    );
+    let mut config = ClientConfig::new(&[cluster.ports[full].wire.to_string()]);
+    config.max_attempts = 20;
+    let through_full = Client::connect_with(config).await.unwrap();
+    let bob = through_full.login("bob", PASSWORD).await.unwrap().token;
+    assert_eq!(stored(&through_full, bob).await, sent);
+    drop(cluster);
+}
+
+#[test]
+fn a_leader_with_a_full_disk_answers_writes_storage_full_at_once_and_loses_nothing() {
+    if skip_without_root(
+        "a_leader_with_a_full_disk_answers_writes_storage_full_at_once_and_loses_nothing",
+    ) {
+        return;
+    }
+    let _one = cluster::one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Mount::sized(&dir.path().join("corvid-data-1"), "128m");
+    full_leader(dir.path());
+    drop(mount);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn full_leader(dir: &Path) {
+    use cluster::ProcessCluster;
+    let limits = format!("[limits]\nmin_free_disk_bytes = {MIN_FREE}\n");
+    let mut cluster = ProcessCluster::start_with(dir, 3, &limits).await;
+    let full = 0;
+    let everyone = cluster.addresses(Transport::Wire);
+    let mut config = ClientConfig::new(&everyone);
+    config.max_attempts = 20;
+    let conn = Client::connect_with(config).await.unwrap();
+    for name in ["alice", "bob"] {
+        conn.create_account(name, "", PASSWORD).await.unwrap();
+    }
+    let alice = conn.login("alice", PASSWORD).await.unwrap().token;
+    // The server whose disk fills must lead: a write it holds and the third server lacks
+    // makes it the only one the third can elect once the leader is gone.
+    let first = cluster.wait_for_leader().await;
+    if first == full {
+        conn.send(alice, "bob", "before", 1).await.unwrap();
+    } else {
+        let third = 3 - first - full;
+        cluster.partition(&[third]);
+        conn.send(alice, "bob", "before", 1).await.unwrap();
+        cluster.kill(first);
+        cluster.heal();
+        let moved = cluster::eventually(DEADLINE, || cluster.leader() == Some(full)).await;
+        assert!(moved, "server 1 did not take over: {:?}", cluster.leader());
+        cluster.restart(first);
+    }
+
+    let fs = cluster.data_path(full);
+    let filler = fs.join("filler");
+    let file = std::fs::File::create(&filler).unwrap();
+    fs2::FileExt::allocate(&file, fs2::available_space(&fs).unwrap() - LEFT_FREE).unwrap();
+    drop(file);
+    // Through the leader and through a follower (which forwards to it) alike. The server
+    // looks at its free space at most every 100 ms while it had room, so a write just
+    // after the disk filled may still go through: it is retried with its client id (stored
+    // once) until refused.
+    let mut accepted = Vec::new();
+    for (n, server) in [full, 1].into_iter().enumerate() {
+        let mut config = ClientConfig::new(&[cluster.ports[server].wire.to_string()]);
+        config.max_attempts = 1;
+        let pinned = Client::connect_with(config).await.unwrap();
+        let text = format!("while full {n}");
+        let end = Instant::now() + DEADLINE;
+        let refused = loop {
+            let result = pinned.send(alice, "bob", &text, 10 + n as u64).await;
+            if result.is_err() || Instant::now() >= end {
+                break result;
+            }
+            if !accepted.contains(&text) {
+                accepted.push(text.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            code(&refused),
+            Some(ErrorCode::StorageFull),
+            "a write through server {} while the leader's disk is full: {refused:?}",
+            server + 1
+        );
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    let after = crate::eventually_ok(|| conn.send(alice, "bob", "after", 2)).await;
+    assert!(after.is_ok(), "writes did not resume: {after:?}");
+    let bob = conn.login("bob", PASSWORD).await.unwrap().token;
+    let mut expected = vec!["before".to_string()];
+    expected.extend(accepted);
+    expected.push("after".to_string());
+    assert_eq!(stored(&conn, bob).await, expected);
+    drop(cluster);
+}
+
+/// Retries `send` until it succeeds or [`DEADLINE`] passes; returns the last result.
+async fn eventually_ok<T, F, Fut>(mut send: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let result = send().await;
+        if result.is_ok() || Instant::now() >= end {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

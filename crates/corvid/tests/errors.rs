@@ -131,3 +131,38 @@ fn every_error_is_one_clear_line_with_its_code(transport: Transport) {
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert_eq!(stderr(&output).trim_end().lines().count(), 1);
 }
+
+/// `corvid cluster status | head -1` and the like: a stdout closed before the status is
+/// printed is one error line and exit status 1, not a panic.
+#[test]
+fn cluster_status_into_a_closed_pipe_is_an_error_line_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    // Members nobody listens for: each is reported unreachable at once.
+    let mut text = String::from("[cluster]\nname = \"closed-pipe\"\n");
+    for id in 1..=3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        text.push_str(&format!(
+            "[[cluster.members]]\nid = {id}\nraft = \"127.0.0.1:{port}\"\nwire = \"127.0.0.1:{port}\"\n"
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let mut child = common::corvid()
+        .args(["cluster", "status", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closes before anything is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot write the output"), "{stderr}");
+}

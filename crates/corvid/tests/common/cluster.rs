@@ -136,12 +136,20 @@ pub struct ProcessCluster {
     pub links: Vec<Vec<Option<Link>>>,
     children: Vec<Option<Child>>,
     state: Vec<Running>,
+    /// Configuration every server's file carries besides `[cluster]` (say, `[limits]`).
+    extra_config: String,
 }
 
 impl ProcessCluster {
     /// Starts `n` servers (ids 1..=n; index `i` is id `i + 1`) and waits until each has
     /// printed its ready line.
     pub async fn start(dir: &Path, n: usize) -> ProcessCluster {
+        ProcessCluster::start_with(dir, n, "").await
+    }
+
+    /// [`start`](Self::start), with `extra_config` (TOML sections other than `[cluster]`)
+    /// in every server's configuration file.
+    pub async fn start_with(dir: &Path, n: usize, extra_config: &str) -> ProcessCluster {
         // Every server port is held until the proxies are bound, so that no proxy (and no
         // two servers) can be given the same port; they are released just before the
         // servers start.
@@ -174,6 +182,7 @@ impl ProcessCluster {
             links,
             children: (0..n).map(|_| None).collect(),
             state: vec![Running::Down; n],
+            extra_config: extra_config.to_string(),
         };
         for i in 0..n {
             std::fs::write(cluster.config_path(i), cluster.config(i)).unwrap();
@@ -194,6 +203,11 @@ impl ProcessCluster {
         self.dir.join(format!("cluster-{}.toml", i + 1))
     }
 
+    /// Server `i`'s data directory.
+    pub fn data_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("corvid-data-{}", i + 1))
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("server-{}.log", i + 1))
     }
@@ -201,13 +215,13 @@ impl ProcessCluster {
     /// Server `i`'s configuration: the same members as everyone's, except that its peers'
     /// server-to-server addresses are its own proxies to them.
     fn config(&self, i: usize) -> String {
-        let mut config = String::from("[cluster]\nname = \"fault-test\"\n");
+        let mut config = format!("{}\n[cluster]\nname = \"fault-test\"\n", self.extra_config);
         for (j, ports) in self.ports.iter().enumerate() {
             let raft = match &self.links[i][j] {
                 Some(link) => link.listen,
                 None => ports.raft,
             };
-            let data = self.dir.join(format!("corvid-data-{}", j + 1));
+            let data = self.data_path(j);
             config.push_str(&format!(
                 "\n[[cluster.members]]\nid = {}\nraft = \"{raft}\"\nwire = \"{}\"\ngrpc = \"{}\"\ndata = \"{}\"\n",
                 j + 1,
@@ -288,6 +302,21 @@ impl ProcessCluster {
         self.await_ready(i, ready);
     }
 
+    /// Restarts a killed server without waiting for its ready line, which it prints only
+    /// once it knows a leader; the receiver gets the line.
+    pub fn restart_unready(&mut self, i: usize) -> std::sync::mpsc::Receiver<String> {
+        assert_eq!(self.state[i], Running::Down, "restart of a running server");
+        self.spawn(i)
+    }
+
+    /// Whether server `i`'s process has ended by itself (it was not killed by the test).
+    pub fn has_exited(&mut self, i: usize) -> bool {
+        match self.children[i].as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     pub fn pause(&mut self, i: usize) {
         if let Some(pid) = self.pid(i) {
             signal(pid, "STOP");
@@ -355,6 +384,27 @@ impl ProcessCluster {
         id.checked_sub(1)
     }
 
+    /// Each server's applied index as `corvid cluster status` run against server `via`
+    /// reports it (index by server; servers it could not reach are left out).
+    pub fn applied_indexes(&self, via: usize) -> BTreeMap<usize, u64> {
+        let output = self.status(via);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut applied = BTreeMap::new();
+        for line in stdout.lines() {
+            // `  id  raft  role  leader  term  last log  applied  lag`
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() != 8 {
+                continue;
+            }
+            if let (Ok(id), Ok(index)) = (fields[0].parse::<usize>(), fields[6].parse::<u64>()) {
+                if let Some(i) = id.checked_sub(1) {
+                    applied.insert(i, index);
+                }
+            }
+        }
+        applied
+    }
+
     /// Waits until an up server reports a leader, and returns it.
     pub async fn wait_for_leader(&self) -> usize {
         let mut found = None;
@@ -413,7 +463,10 @@ pub fn text(sender: &str, seq: u64) -> String {
     format!("{sender}#{seq}")
 }
 
+/// The sender and sequence number of a message's text: what [`text`] made, maybe followed
+/// by a space and padding.
 fn parse_text(text: &str) -> Option<(&str, u64)> {
+    let text = text.split(' ').next()?;
     let (sender, seq) = text.rsplit_once('#')?;
     Some((sender, seq.parse().ok()?))
 }
