@@ -159,17 +159,7 @@ fn check_into_a_closed_pipe_is_an_error_line_not_a_panic() {
     let data = dir.path().join("data");
     let (mut server, _alice, _bob) = chat(dir.path(), "checked");
     assert!(server.terminate().success());
-    let mut child = corvid()
-        .arg("check")
-        .arg("--data")
-        .arg(&data)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The reading end closes before anything is written.
-    drop(child.stdout.take());
-    let output = child.wait_with_output().unwrap();
+    let output = common::output_into_closed_pipe(corvid().arg("check").arg("--data").arg(&data));
     let stderr = stderr(&output);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -88,14 +88,9 @@ async fn inbox(client: &Client, token: Token) -> Vec<Message> {
     all
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn run_faults(rounds: usize, seed: u64) {
-    println!("fault schedule seed {seed} (CORVID_FAULT_SEED={seed} replays it), {rounds} rounds");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ProcessCluster::start(dir.path(), SERVERS).await;
-    let mut rng = StdRng::seed_from_u64(seed);
-
-    let setup = client(&cluster, Transport::Wire).await;
+/// Every sender's and recipient's account.
+async fn create_accounts(cluster: &ProcessCluster) {
+    let setup = client(cluster, Transport::Wire).await;
     for name in (0..SENDERS)
         .map(sender_name)
         .chain((0..RECIPIENTS).map(recipient_name))
@@ -105,19 +100,18 @@ async fn run_faults(rounds: usize, seed: u64) {
             .await
             .expect("create account");
     }
+}
 
-    let record = Arc::new(Mutex::new(Record::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-
-    // Listeners: one per recipient, alternating protocols, from the start of the inbox.
+/// One listener per recipient, alternating protocols, from the start of its inbox: each
+/// records every message pushed to it, and fails the test if its subscription ends.
+async fn spawn_listeners(
+    cluster: &ProcessCluster,
+    record: &Arc<Mutex<Record>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut listeners = Vec::new();
     for r in 0..RECIPIENTS {
-        let transport = if r % 2 == 0 {
-            Transport::Wire
-        } else {
-            Transport::Grpc
-        };
-        let client = client(&cluster, transport).await;
+        let transport = [Transport::Wire, Transport::Grpc][r % 2];
+        let client = client(cluster, transport).await;
         let token = client
             .login(&recipient_name(r), PASSWORD)
             .await
@@ -142,30 +136,34 @@ async fn run_faults(rounds: usize, seed: u64) {
             drop(client);
         }));
     }
+    listeners
+}
 
-    // Senders: each sends its next message only once the previous one is acknowledged,
-    // retrying it with the same client id for as long as it takes.
+/// One sender per sender account, alternating protocols, until `stop`: each sends its
+/// next message (`body(sender, name, seq)`) only once the previous one is acknowledged,
+/// retrying it with the same client id for as long as it takes. Each task ends with the
+/// number of messages it had acknowledged.
+async fn spawn_senders(
+    cluster: &ProcessCluster,
+    record: &Arc<Mutex<Record>>,
+    stop: &Arc<AtomicBool>,
+    body: impl Fn(usize, &str, u64) -> String + Clone + Send + 'static,
+) -> Vec<tokio::task::JoinHandle<u64>> {
     let mut senders = Vec::new();
     for s in 0..SENDERS {
-        let transport = if s % 2 == 0 {
-            Transport::Wire
-        } else {
-            Transport::Grpc
-        };
-        let client = client(&cluster, transport).await;
+        let transport = [Transport::Wire, Transport::Grpc][s % 2];
+        let client = client(cluster, transport).await;
         let token = client.login(&sender_name(s), PASSWORD).await.unwrap().token;
-        let (record, stop) = (record.clone(), stop.clone());
+        let (record, stop, body) = (record.clone(), stop.clone(), body.clone());
         senders.push(tokio::spawn(async move {
             let name = sender_name(s);
             let to = recipient_name(s % RECIPIENTS);
             let mut seq = 0;
             while !stop.load(Ordering::SeqCst) {
+                let text = body(s, &name, seq);
                 record.lock().unwrap().attempt(&name, seq);
                 loop {
-                    match client
-                        .send(token, &to, &text(&name, seq), client_id(s, seq))
-                        .await
-                    {
+                    match client.send(token, &to, &text, client_id(s, seq)).await {
                         Ok(sent) => {
                             record
                                 .lock()
@@ -173,7 +171,7 @@ async fn run_faults(rounds: usize, seed: u64) {
                                 .acknowledge(&name, seq, sent.message.id);
                             break;
                         }
-                        // Retried below with the same client id: the cluster must keep it once.
+                        // Retried with the same client id: the cluster must keep it once.
                         Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
                 }
@@ -182,6 +180,27 @@ async fn run_faults(rounds: usize, seed: u64) {
             seq
         }));
     }
+    senders
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn run_faults(rounds: usize, seed: u64) {
+    println!("fault schedule seed {seed} (CORVID_FAULT_SEED={seed} replays it), {rounds} rounds");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ProcessCluster::start(dir.path(), SERVERS).await;
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    create_accounts(&cluster).await;
+
+    let record = Arc::new(Mutex::new(Record::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Listeners: one per recipient, alternating protocols, from the start of the inbox.
+    let listeners = spawn_listeners(&cluster, &record).await;
+
+    // Senders: each sends its next message only once the previous one is acknowledged,
+    // retrying it with the same client id for as long as it takes.
+    let senders = spawn_senders(&cluster, &record, &stop, |_, name, seq| text(name, seq)).await;
 
     for round in 0..rounds {
         let leader = cluster.wait_for_leader().await;
@@ -423,85 +442,24 @@ async fn kill_loop(rounds: usize, seed: u64) {
     let mut cluster = ProcessCluster::start_with(dir.path(), SERVERS, &limits).await;
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let setup = client(&cluster, Transport::Wire).await;
-    for name in (0..SENDERS)
-        .map(sender_name)
-        .chain((0..RECIPIENTS).map(recipient_name))
-    {
-        setup
-            .create_account(&name, "", PASSWORD)
-            .await
-            .expect("create account");
-    }
+    create_accounts(&cluster).await;
     let record = Arc::new(Mutex::new(Record::default()));
     let stop = Arc::new(AtomicBool::new(false));
 
-    let mut listeners = Vec::new();
-    for r in 0..RECIPIENTS {
-        let transport = [Transport::Wire, Transport::Grpc][r % 2];
-        let client = client(&cluster, transport).await;
-        let token = client
-            .login(&recipient_name(r), PASSWORD)
-            .await
-            .unwrap()
-            .token;
-        let mut subscription = client.subscribe(token, Some(MessageId(0))).await.unwrap();
-        let (record, name) = (record.clone(), recipient_name(r));
-        listeners.push(tokio::spawn(async move {
-            while let Some(item) = subscription.events.recv().await {
-                match item {
-                    Ok(Event::Message(message)) => record
-                        .lock()
-                        .unwrap()
-                        .pushed
-                        .entry(name.clone())
-                        .or_default()
-                        .push(message),
-                    Ok(_) => {}
-                    Err(e) => panic!("{name}'s subscription ended: {e}"),
-                }
-            }
-            drop(client);
-        }));
-    }
+    let listeners = spawn_listeners(&cluster, &record).await;
 
-    let mut senders = Vec::new();
-    for s in 0..SENDERS {
-        let transport = [Transport::Wire, Transport::Grpc][s % 2];
-        let client = client(&cluster, transport).await;
-        let token = client.login(&sender_name(s), PASSWORD).await.unwrap().token;
-        let (record, stop) = (record.clone(), stop.clone());
-        let mut sizes = StdRng::seed_from_u64(seed ^ s as u64);
-        senders.push(tokio::spawn(async move {
-            let name = sender_name(s);
-            let to = recipient_name(s % RECIPIENTS);
-            let mut seq = 0;
-            while !stop.load(Ordering::SeqCst) {
-                // One in four at the limit exactly, the others anywhere from 4 KiB to it.
-                let len = if sizes.gen_range(0..4) == 0 {
-                    LARGE_TEXT_BYTES
-                } else {
-                    sizes.gen_range(4096..=LARGE_TEXT_BYTES)
-                };
-                let body = padded_text(&name, seq, len);
-                record.lock().unwrap().attempt(&name, seq);
-                loop {
-                    match client.send(token, &to, &body, client_id(s, seq)).await {
-                        Ok(sent) => {
-                            record
-                                .lock()
-                                .unwrap()
-                                .acknowledge(&name, seq, sent.message.id);
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-                seq += 1;
-            }
-            seq
-        }));
-    }
+    let senders = spawn_senders(&cluster, &record, &stop, move |s, name, seq| {
+        // One in four at the limit exactly, the others anywhere from 4 KiB to it; each
+        // sender's sizes from its own generator, so that a seed gives the same texts.
+        let mut sizes = StdRng::seed_from_u64(seed ^ ((s as u64) << 32) ^ seq);
+        let len = if sizes.gen_range(0..4) == 0 {
+            LARGE_TEXT_BYTES
+        } else {
+            sizes.gen_range(4096..=LARGE_TEXT_BYTES)
+        };
+        padded_text(name, seq, len)
+    })
+    .await;
 
     for round in 0..rounds {
         let leader = cluster.wait_for_leader().await;

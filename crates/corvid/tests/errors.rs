@@ -151,16 +151,11 @@ fn cluster_status_into_a_closed_pipe_is_an_error_line_not_a_panic() {
         ));
     }
     std::fs::write(&config, text).unwrap();
-    let mut child = common::corvid()
-        .args(["cluster", "status", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The reading end closes before anything is written.
-    drop(child.stdout.take());
-    let output = child.wait_with_output().unwrap();
+    let output = common::output_into_closed_pipe(
+        common::corvid()
+            .args(["cluster", "status", "--config"])
+            .arg(&config),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -65,6 +65,18 @@ pub fn corvid() -> Command {
     command
 }
 
+/// Runs `command` with its standard output a pipe whose reading end is closed before
+/// anything is written (`corvid … | head -0`), and returns how it ended.
+pub fn output_into_closed_pipe(command: &mut Command) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
 /// The first line `child` prints on its piped stdout (a server's ready line), on a
 /// channel; the rest is read and dropped, so that the child never blocks on a full pipe.
 pub fn first_line(child: &mut Child) -> mpsc::Receiver<String> {
