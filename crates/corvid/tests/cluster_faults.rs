@@ -183,6 +183,30 @@ async fn spawn_senders(
     senders
 }
 
+/// Waits until every listener has caught up with its recipient's inbox (or 30 s), stops
+/// the listeners, and checks what they and the senders recorded against the inboxes.
+async fn check_listeners(
+    record: &Arc<Mutex<Record>>,
+    inboxes: &BTreeMap<String, Vec<Message>>,
+    listeners: &[tokio::task::JoinHandle<()>],
+    seed: u64,
+) {
+    let caught_up = eventually(Duration::from_secs(30), || {
+        let record = record.lock().unwrap();
+        inboxes
+            .iter()
+            .all(|(name, inbox)| record.pushed.get(name).map_or(0, Vec::len) >= inbox.len())
+    })
+    .await;
+    for listener in listeners {
+        listener.abort();
+    }
+    let record = record.lock().unwrap();
+    if let Err(violation) = record.check(inboxes) {
+        panic!("seed {seed}: {violation} (caught up: {caught_up})");
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn run_faults(rounds: usize, seed: u64) {
     println!("fault schedule seed {seed} (CORVID_FAULT_SEED={seed} replays it), {rounds} rounds");
@@ -276,21 +300,7 @@ async fn run_faults(rounds: usize, seed: u64) {
             .token;
         inboxes.insert(recipient_name(r), inbox(&reader, token).await);
     }
-    // Every listener catches up with its inbox.
-    let caught_up = eventually(Duration::from_secs(30), || {
-        let record = record.lock().unwrap();
-        inboxes
-            .iter()
-            .all(|(name, inbox)| record.pushed.get(name).map_or(0, Vec::len) >= inbox.len())
-    })
-    .await;
-    for listener in &listeners {
-        listener.abort();
-    }
-    let record = record.lock().unwrap();
-    if let Err(violation) = record.check(&inboxes) {
-        panic!("seed {seed}: {violation} (caught up: {caught_up})");
-    }
+    check_listeners(&record, &inboxes, &listeners, seed).await;
 }
 
 #[test]
@@ -510,22 +520,7 @@ async fn kill_loop(rounds: usize, seed: u64) {
         }
     };
     let inboxes = check(&cluster).await;
-    let caught_up = eventually(Duration::from_secs(30), || {
-        let record = record.lock().unwrap();
-        inboxes
-            .iter()
-            .all(|(name, inbox)| record.pushed.get(name).map_or(0, Vec::len) >= inbox.len())
-    })
-    .await;
-    for listener in &listeners {
-        listener.abort();
-    }
-    {
-        let record = record.lock().unwrap();
-        if let Err(violation) = record.check(&inboxes) {
-            panic!("seed {seed}: {violation} (caught up: {caught_up})");
-        }
-    }
+    check_listeners(&record, &inboxes, &listeners, seed).await;
 
     // Every server killed at once, then all started again: they start, and hold the same.
     for i in 0..SERVERS {
